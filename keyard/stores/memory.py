@@ -1,0 +1,127 @@
+"""The memory store (``store_type: "simple"``): a registry inside one process.
+
+Right for tests and a single process. Under several gunicorn worker processes
+each worker would hold its own registry, so keyard warns when it is used there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from keyard.errors import ConfigError
+from keyard.stores.base import Instance, Store
+
+# service -> version -> location -> instance
+_Index = dict[str, dict[str, dict[str, Instance]]]
+
+
+class MemoryStore(Store):
+    """Instances indexed by service and version, expired lazily through a heap.
+
+    A lookup costs O(instances of the service); expiry costs O(log n) per expired
+    record, paid by the call that finds it due, never a scan of the registry.
+    """
+
+    name = "simple"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: _Index = {}
+        self._count = 0
+        # (expires_at, service, version, location); an entry is stale when the
+        # record it names has since been refreshed or removed.
+        self._expiries: list[tuple[float, str, str, str]] = []
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> MemoryStore:
+        if options:
+            raise ConfigError(f"the simple store takes no options; got {sorted(options)}")
+        return cls()
+
+    def register(self, instance: Instance) -> bool:
+        with self._lock:
+            self._purge(instance.expires_at - instance.ttl)
+            locations = self._services.setdefault(instance.service_name, {}).setdefault(
+                instance.version, {}
+            )
+            created = instance.location not in locations
+            locations[instance.location] = instance
+            if created:
+                self._count += 1
+            heapq.heappush(
+                self._expiries,
+                (instance.expires_at, instance.service_name, instance.version, instance.location),
+            )
+            if len(self._expiries) > 2 * self._count + 1024:
+                self._compact()
+            return created
+
+    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
+        with self._lock:
+            instance = self._services.get(service_name, {}).get(version, {}).get(location)
+        if instance is None or instance.expires_at <= now:
+            return None
+        return instance
+
+    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
+        with self._lock:
+            self._purge(now)
+            return self._remove(service_name, version, location) is not None
+
+    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+        with self._lock:
+            self._purge(now)
+            versions = self._services.get(service_name)
+            if not versions:
+                return []
+            if version is not None:
+                locations = versions.get(version)
+                found = list(locations.values()) if locations else []
+            else:
+                found = [i for locations in versions.values() for i in locations.values()]
+        live = [i for i in found if i.expires_at > now]
+        live.sort(key=lambda i: (i.version, i.location))
+        return live
+
+    def __len__(self) -> int:
+        """The number of records held, expired ones not yet purged included."""
+        return self._count
+
+    # -- internals; the caller holds the lock --------------------------------
+
+    def _remove(self, service_name: str, version: str, location: str) -> Instance | None:
+        versions = self._services.get(service_name)
+        if versions is None:
+            return None
+        locations = versions.get(version)
+        if locations is None:
+            return None
+        instance = locations.pop(location, None)
+        if instance is None:
+            return None
+        self._count -= 1
+        if not locations:
+            del versions[version]
+            if not versions:
+                del self._services[service_name]
+        return instance
+
+    def _purge(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires_at, service_name, version, location = heapq.heappop(expiries)
+            current = self._services.get(service_name, {}).get(version, {}).get(location)
+            if current is not None and current.expires_at == expires_at:
+                self._remove(service_name, version, location)
+
+    def _compact(self) -> None:
+        self._expiries = [
+            (i.expires_at, i.service_name, i.version, i.location)
+            for versions in self._services.values()
+            for locations in versions.values()
+            for i in locations.values()
+        ]
+        heapq.heapify(self._expiries)
