@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="keyard",
     version="0.2.0",
-    description="A small service registry: services register, heartbeat and look each other up over HTTP.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="A service registry: services register, heartbeat and find each other over HTTP.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",

@@ -30,7 +30,7 @@ def require_program(name: str, package: str) -> str:
     """The path of ``name``; skip (locally) or fail (under CI) when it is missing."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found: install the Debian package {package} (tests/install-servers.sh)"
+        message = f"{name} not found: install Debian's {package} (tests/install-servers.sh)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -208,4 +208,5 @@ class StoreContract:
             worker.join(timeout=60)
         assert errors == []
         found = locations(store.lookup("web", "1.0", time.time()))
-        assert sorted(found) == sorted(f"{t}-{n}" for t in range(threads) for n in range(per_thread))
+        expected = [f"{t}-{n}" for t in range(threads) for n in range(per_thread)]
+        assert sorted(found) == sorted(expected)

@@ -1,0 +1,1 @@
+"""Helpers kept for compatibility with the original keyard API (``keyard.helpers.config``)."""
