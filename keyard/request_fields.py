@@ -82,11 +82,11 @@ def read_fields(req: falcon.Request) -> dict[str, object]:
         fields[name] = value
     body = _read_body(req)
     if body.strip():
-        for name, value in _parse_body(req, body).items():
-            if name in fields:
+        for key, field in _parse_body(req, body).items():
+            if key in fields:
                 raise falcon.HTTPBadRequest(
                     title="Invalid input",
-                    description=f"{name} is given both in the query string and in the body",
+                    description=f"{key} is given both in the query string and in the body",
                 )
-            fields[name] = value
+            fields[key] = field
     return fields
