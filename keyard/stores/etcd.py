@@ -1,0 +1,643 @@
+"""The etcd store (``store_type: "etcd"``): one registry shared by every keyard process.
+
+It speaks etcd's v2 keys API through python-etcd (etcd 3.4 serves it with
+``--enable-v2=true``). An instance is one key::
+
+    {base_path}/{service_name}/{version}/{location}  ->  {"ttl": 30, "expires_at": ..., ...}
+
+Each of the three parts is percent-encoded on its own (see :func:`encode_part`),
+so ``/``, ``%``, ``..`` or a leading ``_`` in a name never create a directory,
+climb out of one, or hide a key. The key carries etcd's own TTL (the instance's
+``ttl``), so etcd purges expired instances by itself; the value's ``expires_at``
+lets every read hide an expired instance that etcd has not purged yet.
+
+Several members of a cluster can be given; a request that fails on one member
+is retried on the next one, within the store's ``timeout``. Every failure to
+reach etcd comes out as :class:`~keyard.errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import wraps
+from typing import Any, NamedTuple, TypeVar, cast
+from urllib.parse import quote, unquote, urlsplit
+
+import etcd
+import urllib3
+
+from keyard.errors import ConfigError, StoreUnavailable
+from keyard.stores.base import Instance, Store
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_PORT = 2379
+DEFAULT_BASE_PATH = "/services"
+DEFAULT_TIMEOUT = 2.0
+MAX_TIMEOUT = 60.0
+OPTIONS = ("host", "port", "protocol", "base_path", "timeout", "allow_reconnect")
+
+#: etcd's answers to a well-formed request: the store's logic handles them.
+_ANSWERS: tuple[type[Exception], ...] = (
+    etcd.EtcdKeyNotFound,
+    etcd.EtcdAlreadyExist,
+    etcd.EtcdCompareFailed,
+    etcd.EtcdNotFile,
+    etcd.EtcdNotDir,
+    etcd.EtcdDirNotEmpty,
+)
+#: Errors that retrying cannot cure (bad permissions, a value etcd rejects).
+_PERMANENT: tuple[type[Exception], ...] = (
+    etcd.EtcdInsufficientPermissions,
+    etcd.EtcdValueError,
+    etcd.EtcdKeyError,
+)
+#: Everything python-etcd, urllib3 and the socket layer may raise.
+_DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    etcd.EtcdException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+_DISCOVERY_ERRORS: tuple[type[Exception], ...] = (*_DRIVER_ERRORS, ValueError, KeyError, TypeError)
+#: How many times one call may go round all members while none can be connected to.
+_UNREACHABLE_ROUNDS = 2
+#: Don't ask the cluster for its members more often than this, in seconds.
+_DISCOVERY_INTERVAL = 10.0
+
+
+# -- keys --------------------------------------------------------------------
+
+
+def encode_part(part: str) -> str:
+    """One key segment for ``part``; :func:`decode_part` gives ``part`` back exactly.
+
+    Percent-encoding with no safe characters, plus: a leading ``.`` is encoded
+    (so ``.`` and ``..`` are never path segments that etcd would resolve), a
+    leading ``_`` is encoded (etcd v2 hides such keys from listings), and the
+    empty string becomes ``%`` (which percent-encoding never produces).
+    """
+    if not part:
+        return "%"
+    encoded = quote(part, safe="")
+    if encoded[0] in "._":
+        encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
+    return encoded
+
+
+def decode_part(segment: str) -> str:
+    """The string that :func:`encode_part` turned into ``segment``."""
+    return "" if segment == "%" else unquote(segment, errors="strict")
+
+
+def _url_path(key: str) -> str:
+    # python-etcd puts the key into the URL as it is, and etcd decodes the URL
+    # path once: quote the key so that etcd sees our encoded segments verbatim.
+    return quote(key, safe="/")
+
+
+# -- configuration -----------------------------------------------------------
+
+
+class _Endpoint(NamedTuple):
+    host: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _check_port(port: object, what: str) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"etcd option {what} must be a TCP port (1-65535), got {port!r}")
+    return port
+
+
+def _parse_member(member: object, default_port: int) -> _Endpoint:
+    """One member: ``"host"``, ``"host:port"``, ``"[::1]:port"`` or ``[host, port]``."""
+    if isinstance(member, (list, tuple)):
+        if len(member) != 2 or not isinstance(member[0], str) or not member[0]:
+            raise ConfigError(f"etcd option host: a member must be 'host:port', got {member!r}")
+        return _Endpoint(member[0], _check_port(member[1], f"host (member {member!r})"))
+    if not isinstance(member, str) or not member.strip():
+        raise ConfigError(f"etcd option host: a member must be 'host:port', got {member!r}")
+    text = member.strip()
+    if "://" in text:
+        raise ConfigError(
+            f"etcd option host: give 'host:port', not a URL ({member!r}); "
+            "the scheme goes in the protocol option"
+        )
+    try:
+        parsed = urlsplit(f"//{text}")
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(f"etcd option host: {member!r} is not 'host' or 'host:port'") from None
+    if not parsed.hostname or parsed.path or parsed.query or parsed.fragment or "@" in text:
+        raise ConfigError(f"etcd option host: {member!r} is not 'host' or 'host:port'")
+    host = text[1 : text.index("]")] if text.startswith("[") else parsed.hostname
+    return _Endpoint(host, default_port if port is None else port)
+
+
+def _parse_hosts(host: object, port: int) -> list[_Endpoint]:
+    if isinstance(host, str) and "," in host:
+        host = [part for part in host.split(",") if part.strip()]
+    if isinstance(host, (list, tuple)) and not (
+        len(host) == 2 and isinstance(host[0], str) and isinstance(host[1], int)
+    ):
+        if not host:
+            raise ConfigError("etcd option host: the list of members is empty")
+        members = [_parse_member(member, port) for member in host]
+    else:
+        members = [_parse_member(host, port)]
+    unique = list(dict.fromkeys(members))
+    return unique
+
+
+def _parse_base_path(base_path: object) -> str:
+    if not isinstance(base_path, str) or not base_path.startswith("/"):
+        raise ConfigError(
+            f"etcd option base_path must be a path starting with '/', got {base_path!r}"
+        )
+    segments = base_path.strip("/").split("/")
+    if segments == [""] or any(s in ("", ".", "..") or s.startswith("_") for s in segments):
+        raise ConfigError(
+            f"etcd option base_path must be like '/services': non-empty segments, none of "
+            f"them '.', '..' or starting with '_'; got {base_path!r}"
+        )
+    return "/" + "/".join(segments)
+
+
+# -- one member --------------------------------------------------------------
+
+
+class _Member(etcd.Client):
+    """python-etcd's client for one etcd member, adapted for a store.
+
+    - No reconnection inside python-etcd (the store fails over between members
+      itself): its ``allow_reconnect`` queries the cluster in the constructor
+      (so a store could not even be built while etcd is down) and changes the
+      client's server under concurrent threads.
+    - urllib3 must not retry: its default ``Retry(3)`` would resend a timed-out
+      request three more times and break the store's time bound.
+    - Each request's timeout comes from the calling thread (:meth:`timeout`),
+      because python-etcd's ``write`` and ``delete`` take none.
+    """
+
+    def __init__(self, endpoint: _Endpoint, protocol: str, pool_size: int) -> None:
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        super().__init__(
+            host=host,
+            port=endpoint.port,
+            protocol=protocol,
+            read_timeout=DEFAULT_TIMEOUT,
+            allow_redirect=False,
+            allow_reconnect=False,
+            per_host_pool_size=pool_size,
+        )
+        self.http = urllib3.PoolManager(num_pools=2, maxsize=pool_size, retries=False)
+        self.endpoint = endpoint
+        self._local = threading.local()
+
+    @property
+    def read_timeout(self) -> urllib3.Timeout:
+        """The calling thread's timeout for one request, connection included."""
+        return getattr(self._local, "timeout", urllib3.Timeout(total=self._read_timeout))
+
+    def timeout(self, seconds: float) -> _TimeoutScope:
+        """Give the calling thread's requests ``seconds`` in all, connecting included."""
+        return _TimeoutScope(self._local, urllib3.Timeout(total=max(seconds, 0.001)))
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+class _TimeoutScope:
+    def __init__(self, local: threading.local, timeout: urllib3.Timeout) -> None:
+        self._local = local
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        self._local.timeout = self._timeout
+
+    def __exit__(self, *exc_info: object) -> None:
+        del self._local.timeout
+
+
+class _QuietPythonEtcd(logging.Filter):
+    """Turn python-etcd's error logs into debug logs.
+
+    python-etcd logs every failed request at ERROR, including those the store
+    then retries with success on another member; the store reports what
+    matters itself (StoreUnavailable, and a warning when it fails over).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_python_etcd_log = logging.getLogger("etcd.client")
+if not any(isinstance(f, _QuietPythonEtcd) for f in _python_etcd_log.filters):
+    _python_etcd_log.addFilter(_QuietPythonEtcd())
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """True when no connection could be opened at all (refused, unknown host)."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
+
+
+def _describe(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        return f"cannot connect ({str(cause).rpartition(': ')[2]})"
+    if isinstance(cause, urllib3.exceptions.TimeoutError):
+        return "no answer in time"
+    return f"{type(cause).__name__}: {cause}"
+
+
+# -- the store ---------------------------------------------------------------
+
+
+def _at_the_edge(method: F) -> F:
+    """Let no driver exception out of a store method: they become StoreUnavailable.
+
+    ``_call`` already translates failures to reach etcd; what is left are etcd
+    answers that the method did not expect (a foreign key in the way).
+    """
+
+    @wraps(method)
+    def translated(self: EtcdStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    return cast(F, translated)
+
+
+class EtcdStore(Store):
+    """Instances as etcd v2 keys under ``base_path``, expired by etcd's own TTLs.
+
+    ``host`` is one host (``"localhost"``, ``"10.0.0.5:2379"``) or the members of
+    a cluster (``["10.0.0.5:2379", "10.0.0.6:2379"]``); ``port`` applies to those
+    given without one. ``timeout`` bounds every store call, failover included.
+    With ``allow_reconnect`` (the default when several members are given) the
+    store also learns the other members from the cluster, and fails over to
+    them when the member in use stops answering.
+
+    Reads are quorum reads, so every keyard process sees a registration as
+    soon as it is made, whichever member it talks to. Stores with the same
+    ``base_path`` share one registry; different base paths never see each other.
+    Thread-safe; the store holds no state but connection pools.
+    """
+
+    name = "etcd"
+
+    def __init__(
+        self,
+        host: str | Sequence[str | Sequence[Any]] = "localhost",
+        port: int = DEFAULT_PORT,
+        *,
+        protocol: str = "http",
+        base_path: str = DEFAULT_BASE_PATH,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_reconnect: bool | None = None,
+    ) -> None:
+        port = _check_port(port, "port")
+        endpoints = _parse_hosts(host, port)
+        if protocol not in ("http", "https"):
+            raise ConfigError(f"etcd option protocol must be 'http' or 'https', got {protocol!r}")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= MAX_TIMEOUT
+        ):
+            raise ConfigError(
+                f"etcd option timeout must be a number of seconds above 0 and at most "
+                f"{MAX_TIMEOUT:g}, got {timeout!r}"
+            )
+        if allow_reconnect is None:
+            allow_reconnect = len(endpoints) > 1
+        elif not isinstance(allow_reconnect, bool):
+            raise ConfigError(
+                f"etcd option allow_reconnect must be true or false, got {allow_reconnect!r}"
+            )
+        elif not allow_reconnect and len(endpoints) > 1:
+            raise ConfigError(
+                f"etcd option allow_reconnect is false but host lists {len(endpoints)} "
+                "members; leave allow_reconnect out (or true) to use them all"
+            )
+        self.base_path = _parse_base_path(base_path)
+        self.protocol = protocol
+        self.timeout = float(timeout)
+        self.allow_reconnect = allow_reconnect
+        self._pool_size = 16
+        self._configured = tuple(_Member(e, protocol, self._pool_size) for e in endpoints)
+        self._members: tuple[_Member, ...] = self._configured
+        self._current = 0  # index into _members of the member that answered last
+        self._lock = threading.Lock()  # guards changes to _members
+        self._discovered_at: float | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> EtcdStore:
+        """Build the store from the ``etcd`` config section; every option has a default.
+
+        ``host``, ``port`` (2379), ``protocol`` (``"http"``), ``base_path``
+        (``"/services"``), ``timeout`` (2 seconds) and ``allow_reconnect``
+        (true when ``host`` lists several members).
+        """
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown etcd option(s) "
+                f"{', '.join(f'{k!r} (value {options[k]!r})' for k in unknown)}; "
+                f"known: {', '.join(OPTIONS)}"
+            )
+        return cls(**options)
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({self._where()}, base_path={self.base_path!r})"
+
+    # -- the Store interface ---------------------------------------------------
+
+    @_at_the_edge
+    def register(self, instance: Instance) -> bool:
+        deadline = time.monotonic() + self.timeout
+        key = self._key(instance.service_name, instance.version, instance.location)
+        path = _url_path(key)
+        now = instance.expires_at - instance.ttl
+        # The writer token tells this call's own write apart from anyone else's
+        # when a request is resent after its answer was lost (a member died).
+        token = uuid.uuid4().hex
+        value = json.dumps(
+            {
+                "service_name": instance.service_name,
+                "version": instance.version,
+                "location": instance.location,
+                "ttl": instance.ttl,
+                "expires_at": instance.expires_at,
+                "writer": token,
+            }
+        )
+        ttl = max(1, instance.ttl)
+        decided: bool | None = None  # the answer of an update this call made
+        while True:
+            try:
+                self._call(deadline, "write", path, value, ttl=ttl, prevExist=False)
+                return True
+            except etcd.EtcdAlreadyExist:
+                pass
+            try:
+                current = self._call(deadline, "read", path, quorum=True)
+            except etcd.EtcdKeyNotFound:
+                continue  # expired or removed meanwhile: create it again
+            if current.dir:
+                raise self._unavailable(f"{key} is a directory in etcd, not an instance")
+            record = _record(current.value)
+            if record is not None and record.get("writer") == token:
+                return True if decided is None else decided
+            live = record is not None and record["expires_at"] > now
+            try:
+                self._call(deadline, "write", path, value, ttl=ttl, prevIndex=current.modifiedIndex)
+                return not live
+            except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                decided = not live  # in case the failed compare was our own resent write
+                continue
+
+    @_at_the_edge
+    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
+        deadline = time.monotonic() + self.timeout
+        path = _url_path(self._key(service_name, version, location))
+        try:
+            node = self._call(deadline, "read", path, quorum=True)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdNotFile):
+            return None
+        if node.dir:
+            return None
+        instance = self._instance(node.key, node.value)
+        if instance is None or instance.expires_at <= now:
+            return None
+        return instance
+
+    @_at_the_edge
+    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
+        deadline = time.monotonic() + self.timeout
+        path = _url_path(self._key(service_name, version, location))
+        while True:
+            try:
+                current = self._call(deadline, "read", path, quorum=True)
+            except etcd.EtcdKeyNotFound:
+                return False
+            if current.dir:
+                return False
+            record = _record(current.value)
+            live = record is not None and record["expires_at"] > now
+            try:
+                self._call(deadline, "delete", path, prevIndex=current.modifiedIndex)
+            except etcd.EtcdKeyNotFound:
+                return False
+            except etcd.EtcdCompareFailed:
+                continue  # refreshed meanwhile: decide again on the new record
+            if live:
+                self._remove_empty_directories(service_name, version, deadline)
+            return live
+
+    @_at_the_edge
+    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+        deadline = time.monotonic() + self.timeout
+        parts = [self.base_path, encode_part(service_name)]
+        if version is not None:
+            parts.append(encode_part(version))
+        path = _url_path("/".join(parts))
+        try:
+            tree = self._call(deadline, "read", path, recursive=True, quorum=True)
+        except (etcd.EtcdKeyNotFound, etcd.EtcdNotDir):
+            return []
+        found = []
+        # Only leaves with a value: directories emptied by deletes or expiry stay
+        # in etcd and must not show up (``leaves`` yields empty directories too).
+        for node in tree.leaves:
+            if node.dir:
+                continue
+            instance = self._instance(node.key, node.value)
+            if instance is not None and instance.expires_at > now:
+                found.append(instance)
+        found.sort(key=lambda i: (i.version, i.location))
+        return found
+
+    def close(self) -> None:
+        for member in self._members:
+            member.close()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _key(self, service_name: str, version: str, location: str) -> str:
+        return "/".join(
+            (self.base_path, encode_part(service_name), encode_part(version), encode_part(location))
+        )
+
+    def _instance(self, key: str, value: str | None) -> Instance | None:
+        """The instance a key and value hold, or None when they are not one of ours."""
+        prefix = self.base_path + "/"
+        if not key.startswith(prefix):
+            return None
+        parts = key[len(prefix) :].split("/")
+        record = _record(value)
+        if len(parts) != 3 or record is None:
+            return None
+        try:
+            service_name, version, location = (decode_part(p) for p in parts)
+        except UnicodeDecodeError:
+            return None
+        return Instance(service_name, version, location, record["ttl"], record["expires_at"])
+
+    def _remove_empty_directories(self, service_name: str, version: str, deadline: float) -> None:
+        """Delete the version and service directories if this left them empty.
+
+        Best effort: etcd refuses to delete a directory that is not empty, so a
+        concurrent registration is never lost; a failure here changes nothing.
+        """
+        service = f"{self.base_path}/{encode_part(service_name)}"
+        for directory in (f"{service}/{encode_part(version)}", service):
+            try:
+                self._call(deadline, "delete", _url_path(directory), dir=True)
+            except (etcd.EtcdException, StoreUnavailable):
+                return
+
+    def _where(self) -> str:
+        return ", ".join(m.endpoint.netloc for m in self._members)
+
+    def _unavailable(self, reason: str) -> StoreUnavailable:
+        return StoreUnavailable(f"etcd at {self._where()} is unavailable: {reason}")
+
+    def _call(self, deadline: float, operation: str, path: str, *args: Any, **params: Any) -> Any:
+        """Run ``member.<operation>(path, ...)`` on the current member, failing over.
+
+        ``operation`` is python-etcd's ``read``, ``write`` or ``delete``.
+
+        etcd's answers (key not found, compare failed, ...) come out as
+        python-etcd raised them. Failures are retried on the next member until
+        ``deadline``: at once when a member cannot be connected to (giving up
+        after a few rounds of that), after a short pause when the members are
+        reachable but failing (an election after the leader died). Every
+        driver exception leaves as StoreUnavailable.
+        """
+        members = self._members
+        count = len(members)
+        start = self._current % count
+        # With several members, one attempt gets half the time, so that a request
+        # lost with a dying leader can still be retried on another member.
+        attempt_limit = self.timeout if count == 1 else self.timeout / 2
+        failures: list[tuple[_Member, BaseException]] = []
+        unreachable_in_a_row = 0
+        pause = 0.05
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            index = (start + attempt) % count
+            member = members[index]
+            try:
+                with member.timeout(min(remaining, attempt_limit)):
+                    result = getattr(member, operation)(path, *args, **params)
+            except _ANSWERS:
+                self._current = index
+                raise
+            except _PERMANENT as exc:
+                raise self._unavailable(f"{member.endpoint.netloc}: {exc}") from exc
+            except _DRIVER_ERRORS as exc:
+                failures.append((member, exc))
+                unreachable_in_a_row = unreachable_in_a_row + 1 if _is_unreachable(exc) else 0
+            else:
+                if failures:
+                    log.warning(
+                        "etcd member %s failed (%s); %s answered instead",
+                        failures[-1][0].endpoint.netloc,
+                        _describe(failures[-1][1]),
+                        member.endpoint.netloc,
+                    )
+                self._current = index
+                if self.allow_reconnect and self._discovery_due(failed_over=bool(failures)):
+                    self._discover(member, deadline)
+                return result
+            attempt += 1
+            if unreachable_in_a_row >= _UNREACHABLE_ROUNDS * count:
+                break
+            if attempt % count == 0 and unreachable_in_a_row < count:
+                # A whole round failed and someone was reachable: give it a moment.
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.4)
+        if not failures:
+            raise self._unavailable(f"no answer within {self.timeout:g} s")
+        last_member, last_error = failures[-1]
+        raise self._unavailable(
+            f"{last_member.endpoint.netloc}: {_describe(last_error)}"
+        ) from last_error
+
+    def _discovery_due(self, *, failed_over: bool) -> bool:
+        if self._discovered_at is None:
+            return True
+        return failed_over and time.monotonic() - self._discovered_at > _DISCOVERY_INTERVAL
+
+    def _discover(self, member: _Member, deadline: float) -> None:
+        """Add the client URLs the cluster advertises to the members to fail over to."""
+        self._discovered_at = time.monotonic()
+        try:
+            with member.timeout(max(0.0, deadline - time.monotonic())):
+                response = member.api_execute(member.version_prefix + "/members", "GET")
+            advertised = json.loads(response.data.decode("utf-8"))["members"]
+            urls = [url for m in advertised for url in m.get("clientURLs") or ()]
+        except _DISCOVERY_ERRORS as exc:
+            log.debug("could not list the etcd cluster's members: %s", exc)
+            return
+        with self._lock:
+            known = {(m.protocol, m.endpoint) for m in self._members}
+            added = list(self._members)
+            for endpoint, protocol in _endpoints_of(urls):
+                if (protocol, endpoint) not in known:
+                    known.add((protocol, endpoint))
+                    added.append(_Member(endpoint, protocol, self._pool_size))
+            if len(added) > len(self._members):
+                log.info("etcd cluster members: %s", ", ".join(m.endpoint.netloc for m in added))
+                self._members = tuple(added)
+
+
+def _endpoints_of(urls: Iterable[str]) -> Iterable[tuple[_Endpoint, str]]:
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            continue
+        if parts.scheme in ("http", "https") and parts.hostname:
+            default = 443 if parts.scheme == "https" else 80
+            yield _Endpoint(parts.hostname, port or default), parts.scheme
+
+
+def _record(value: str | None) -> dict[str, Any] | None:
+    """The JSON record of an instance's value, or None when it is not one."""
+    try:
+        record = json.loads(value) if value is not None else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    ttl, expires_at = record.get("ttl"), record.get("expires_at")
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        return None
+    record["expires_at"] = float(expires_at)
+    return record
