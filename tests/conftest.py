@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
+#: Fixtures that start real servers, shared by the store tests.
+pytest_plugins = ["tests.etcd_server"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

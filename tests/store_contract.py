@@ -210,3 +210,25 @@ class StoreContract:
         found = locations(store.lookup("web", "1.0", time.time()))
         expected = [f"{t}-{n}" for t in range(threads) for n in range(per_thread)]
         assert sorted(found) == sorted(expected)
+
+    def test_concurrent_registrations_of_one_key_report_exactly_one_new(self, store: Store) -> None:
+        threads = 8
+        results: list[bool] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(threads)
+
+        def write() -> None:
+            try:
+                barrier.wait(timeout=10)
+                results.append(store.register(make(location="contested")))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=write) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert errors == []
+        assert sorted(results) == [False] * (threads - 1) + [True]
+        assert locations(store.lookup("web", "1.0", time.time())) == ["contested"]

@@ -7,9 +7,10 @@ It speaks etcd's v2 keys API through python-etcd (etcd 3.4 serves it with
 
 Each of the three parts is percent-encoded on its own (see :func:`encode_part`),
 so ``/``, ``%``, ``..`` or a leading ``_`` in a name never create a directory,
-climb out of one, or hide a key. The key carries etcd's own TTL (the instance's
-``ttl``), so etcd purges expired instances by itself; the value's ``expires_at``
-lets every read hide an expired instance that etcd has not purged yet.
+climb out of one, or hide a key; the value holds the names exactly as given.
+The key carries etcd's own TTL (the instance's ``ttl``), so etcd purges
+expired instances by itself; the value's ``expires_at`` lets every read hide
+an expired instance that etcd has not purged yet.
 
 Several members of a cluster can be given; a request that fails on one member
 is retried on the next one, within the store's ``timeout``. Every failure to
@@ -18,6 +19,7 @@ reach etcd comes out as :class:`~keyard.errors.StoreUnavailable`.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -27,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import wraps
 from typing import Any, NamedTuple, TypeVar, cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import etcd
 import urllib3
@@ -68,6 +70,10 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 _DISCOVERY_ERRORS: tuple[type[Exception], ...] = (*_DRIVER_ERRORS, ValueError, KeyError, TypeError)
+#: The longest key segment kept readable; longer parts are stored under a digest.
+MAX_SEGMENT = 150
+#: The longest base path, so that every request line stays far below etcd's 4 KiB.
+MAX_BASE_PATH = 200
 #: How many times one call may go round all members while none can be connected to.
 _UNREACHABLE_ROUNDS = 2
 #: Don't ask the cluster for its members more often than this, in seconds.
@@ -78,24 +84,26 @@ _DISCOVERY_INTERVAL = 10.0
 
 
 def encode_part(part: str) -> str:
-    """One key segment for ``part``; :func:`decode_part` gives ``part`` back exactly.
+    """The key segment that stands for ``part``: distinct parts give distinct segments.
 
     Percent-encoding with no safe characters, plus: a leading ``.`` is encoded
     (so ``.`` and ``..`` are never path segments that etcd would resolve), a
     leading ``_`` is encoded (etcd v2 hides such keys from listings), and the
-    empty string becomes ``%`` (which percent-encoding never produces).
+    empty string becomes ``%``. A part whose encoding is longer than
+    :data:`MAX_SEGMENT` characters is stored under its SHA-256 instead (etcd
+    resets requests whose first line exceeds 4 KiB), as ``%sha256-<hex>``.
+    None of these forms can be produced by another rule: percent-encoding never
+    yields a ``%`` without two hex digits after it.
     """
     if not part:
         return "%"
-    encoded = quote(part, safe="")
+    encoded = quote(part, safe="", errors="surrogatepass")
+    if len(encoded) > MAX_SEGMENT:
+        digest = hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"%sha256-{digest}"
     if encoded[0] in "._":
         encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
     return encoded
-
-
-def decode_part(segment: str) -> str:
-    """The string that :func:`encode_part` turned into ``segment``."""
-    return "" if segment == "%" else unquote(segment, errors="strict")
 
 
 def _url_path(key: str) -> str:
@@ -122,10 +130,21 @@ def _check_port(port: object, what: str) -> int:
     return port
 
 
+def _is_pair(value: Sequence[Any]) -> bool:
+    """``[host, port]``: a host without a port of its own, and a number."""
+    return (
+        len(value) == 2
+        and isinstance(value[0], str)
+        and bool(value[0])
+        and value[0].count(":") != 1
+        and isinstance(value[1], int)
+    )
+
+
 def _parse_member(member: object, default_port: int) -> _Endpoint:
     """One member: ``"host"``, ``"host:port"``, ``"[::1]:port"`` or ``[host, port]``."""
     if isinstance(member, (list, tuple)):
-        if len(member) != 2 or not isinstance(member[0], str) or not member[0]:
+        if not _is_pair(member):
             raise ConfigError(f"etcd option host: a member must be 'host:port', got {member!r}")
         return _Endpoint(member[0], _check_port(member[1], f"host (member {member!r})"))
     if not isinstance(member, str) or not member.strip():
@@ -150,9 +169,7 @@ def _parse_member(member: object, default_port: int) -> _Endpoint:
 def _parse_hosts(host: object, port: int) -> list[_Endpoint]:
     if isinstance(host, str) and "," in host:
         host = [part for part in host.split(",") if part.strip()]
-    if isinstance(host, (list, tuple)) and not (
-        len(host) == 2 and isinstance(host[0], str) and isinstance(host[1], int)
-    ):
+    if isinstance(host, (list, tuple)) and not _is_pair(host):
         if not host:
             raise ConfigError("etcd option host: the list of members is empty")
         members = [_parse_member(member, port) for member in host]
@@ -173,7 +190,13 @@ def _parse_base_path(base_path: object) -> str:
             f"etcd option base_path must be like '/services': non-empty segments, none of "
             f"them '.', '..' or starting with '_'; got {base_path!r}"
         )
-    return "/" + "/".join(segments)
+    normalized = "/" + "/".join(segments)
+    if len(_url_path(normalized)) > MAX_BASE_PATH:
+        raise ConfigError(
+            f"etcd option base_path must be at most {MAX_BASE_PATH} characters once "
+            f"URL-encoded; got {base_path!r}"
+        )
+    return normalized
 
 
 # -- one member --------------------------------------------------------------
@@ -366,6 +389,11 @@ class EtcdStore(Store):
             )
         return cls(**options)
 
+    @property
+    def members(self) -> list[str]:
+        """The members the store may use, as ``host:port``: configured, then discovered."""
+        return [m.endpoint.netloc for m in self._members]
+
     def __repr__(self) -> str:
         return f"EtcdStore({self._where()}, base_path={self.base_path!r})"
 
@@ -488,17 +516,19 @@ class EtcdStore(Store):
         )
 
     def _instance(self, key: str, value: str | None) -> Instance | None:
-        """The instance a key and value hold, or None when they are not one of ours."""
-        prefix = self.base_path + "/"
-        if not key.startswith(prefix):
-            return None
-        parts = key[len(prefix) :].split("/")
+        """The instance a key and value hold, or None when they are not one of ours.
+
+        The names come from the value (segments may be digests); they must give
+        back exactly the key they were found under.
+        """
         record = _record(value)
-        if len(parts) != 3 or record is None:
+        if record is None:
             return None
-        try:
-            service_name, version, location = (decode_part(p) for p in parts)
-        except UnicodeDecodeError:
+        names = tuple(record.get(name) for name in ("service_name", "version", "location"))
+        if not all(isinstance(name, str) for name in names):
+            return None
+        service_name, version, location = cast("tuple[str, str, str]", names)
+        if key != self._key(service_name, version, location):
             return None
         return Instance(service_name, version, location, record["ttl"], record["expires_at"])
 

@@ -1,0 +1,432 @@
+"""The etcd store against real etcd: the contract, its key layout, faults and failover."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from keyard.errors import ConfigError, StoreUnavailable
+from keyard.helpers import config as config_module
+from keyard.stores import create_store
+from keyard.stores.etcd import MAX_SEGMENT, EtcdStore, encode_part
+from tests.conftest import free_port
+from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
+from tests.store_contract import ODD_STRINGS, StoreContract, locations, make
+
+
+class TestEtcdStore(StoreContract):
+    @pytest.fixture
+    def store(self, etcd_server: EtcdServer) -> Iterator[EtcdStore]:
+        store = EtcdStore(etcd_server.endpoint, base_path=unique_base_path())
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def base_path() -> str:
+    return unique_base_path()
+
+
+@pytest.fixture
+def store(etcd_server: EtcdServer, base_path: str) -> Iterator[EtcdStore]:
+    store = EtcdStore(etcd_server.endpoint, base_path=base_path)
+    yield store
+    store.close()
+
+
+def raw_key(*parts: str) -> str:
+    """The URL path of an etcd key made of already encoded parts."""
+    return quote("/".join(parts), safe="/")
+
+
+def every_call_fails(store: EtcdStore, within: float) -> list[str]:
+    """Call every store method; each must raise StoreUnavailable within ``within`` s."""
+    calls = {
+        "register": lambda: store.register(make()),
+        "get": lambda: store.get("web", "1.0", "a", time.time()),
+        "deregister": lambda: store.deregister("web", "1.0", "a", time.time()),
+        "lookup": lambda: store.lookup("web", None, time.time()),
+    }
+    messages = []
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        elapsed = time.monotonic() - started
+        assert elapsed < within, f"{name} took {elapsed:.2f} s"
+        messages.append(str(caught.value))
+    return messages
+
+
+# -- configuration (no server needed) ----------------------------------------
+
+
+def test_the_original_config_works_unchanged() -> None:
+    config = config_module.from_dict(
+        {"store_type": "etcd", "etcd": {"host": "localhost", "base_path": "/services"}}
+    )
+    store = create_store(config.store_type, config.store_options)
+    assert isinstance(store, EtcdStore)
+    assert store.members == ["localhost:2379"]
+    assert (store.base_path, store.protocol, store.timeout) == ("/services", "http", 2.0)
+    assert store.allow_reconnect is False
+
+
+def test_every_option_has_a_default() -> None:
+    store = create_store("etcd")
+    assert isinstance(store, EtcdStore)
+    assert store.members == ["localhost:2379"]
+    assert store.base_path == "/services"
+    assert store.timeout <= 2
+
+
+def test_environment_variables_override_the_store_section() -> None:
+    config = config_module.load(
+        environ={
+            "KEYARD_STORE_TYPE": "etcd",
+            "KEYARD_ETCD_HOST": '["10.0.0.1:2379", "10.0.0.2"]',
+            "KEYARD_ETCD_PORT": "2381",
+            "KEYARD_ETCD_TIMEOUT": "0.5",
+            "KEYARD_ETCD_BASE_PATH": "/registry/prod",
+        }
+    )
+    store = create_store(config.store_type, config.store_options)
+    assert isinstance(store, EtcdStore)
+    assert store.members == ["10.0.0.1:2379", "10.0.0.2:2381"]
+    assert (store.timeout, store.base_path, store.allow_reconnect) == (0.5, "/registry/prod", True)
+
+
+@pytest.mark.parametrize(
+    ("host", "members"),
+    [
+        ("etcd.internal", ["etcd.internal:2379"]),
+        ("etcd.internal:4001", ["etcd.internal:4001"]),
+        ("[::1]:2379", ["[::1]:2379"]),
+        ("a:1,b:2, c", ["a:1", "b:2", "c:2379"]),
+        (["a:1", "b"], ["a:1", "b:2379"]),
+        ([["a", 1], ["b", 2]], ["a:1", "b:2"]),
+        (["a", 1], ["a:1"]),
+        (["a:1", "a:1"], ["a:1"]),
+    ],
+)
+def test_host_takes_one_member_or_a_list(host: object, members: list[str]) -> None:
+    assert EtcdStore.from_options({"host": host}).members == members
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"hots": "localhost"}, ["hots", "'localhost'"]),
+        ({"host": ""}, ["host", "''"]),
+        ({"host": []}, ["host", "empty"]),
+        ({"host": ["a:1", 5]}, ["host", "5"]),
+        ({"host": "http://a:2379"}, ["host", "'http://a:2379'", "protocol"]),
+        ({"host": "a:http"}, ["host", "'a:http'"]),
+        ({"host": "a:99999"}, ["host", "'a:99999'"]),
+        ({"port": "2379"}, ["port", "'2379'"]),
+        ({"port": 0}, ["port", "0"]),
+        ({"port": True}, ["port", "True"]),
+        ({"protocol": "ftp"}, ["protocol", "'ftp'"]),
+        ({"base_path": "services"}, ["base_path", "'services'"]),
+        ({"base_path": "/"}, ["base_path", "'/'"]),
+        ({"base_path": "/a/../b"}, ["base_path", "'/a/../b'"]),
+        ({"base_path": "/a//b"}, ["base_path", "'/a//b'"]),
+        ({"base_path": "/_hidden"}, ["base_path", "'/_hidden'"]),
+        ({"timeout": 0}, ["timeout", "0"]),
+        ({"timeout": "2"}, ["timeout", "'2'"]),
+        ({"timeout": 600}, ["timeout", "600"]),
+        ({"allow_reconnect": "yes"}, ["allow_reconnect", "'yes'"]),
+        ({"host": ["a:1", "b:2"], "allow_reconnect": False}, ["allow_reconnect", "2 members"]),
+    ],
+)
+def test_invalid_options_are_refused_naming_option_and_value(
+    options: dict[str, object], named: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EtcdStore.from_options(options)
+    for text in named:
+        assert text in str(caught.value)
+
+
+def test_a_trailing_slash_in_base_path_does_not_matter() -> None:
+    assert EtcdStore.from_options({"base_path": "/a/b/"}).base_path == "/a/b"
+
+
+@pytest.mark.parametrize(
+    "part", [*ODD_STRINGS, "", "_x", "%", "%2E", "...", ".x", "_", "🚀" * 13, "x" * 1000]
+)
+def test_a_key_part_becomes_one_short_safe_segment(part: str) -> None:
+    segment = encode_part(part)
+    assert "/" not in segment
+    assert segment not in (".", "..", "")
+    assert not segment.startswith(("_", "."))
+    assert segment.isascii()
+    assert len(segment) <= MAX_SEGMENT
+
+
+def test_distinct_parts_never_share_a_segment() -> None:
+    parts = {*ODD_STRINGS, "", "%", "%25", "%2E", "_", "%5F", "a b", "a%20b", "a+b"}
+    parts |= {"🚀" * 12, "🚀" * 13, "🚀" * 14, "x" * MAX_SEGMENT, "x" * (MAX_SEGMENT + 1)}
+    parts.add(encode_part("x" * 1000))  # a digest as a name is not the digest segment
+    assert len({encode_part(p) for p in parts}) == len(parts)
+
+
+# -- key layout in etcd --------------------------------------------------------
+
+
+def test_an_instance_is_one_key_of_three_encoded_parts(
+    etcd_server: EtcdServer, store: EtcdStore, base_path: str
+) -> None:
+    instance = make(service="a/b", version="..", location="http://h:1/p?q=1#f", ttl=45)
+    store.register(instance)
+    tree = etcd_server.raw(raw_key(base_path), recursive="true")
+    assert tree is not None
+    [service_dir] = tree["nodes"]  # type: ignore[index]
+    assert service_dir["key"] == f"{base_path}/a%2Fb"
+    [version_dir] = service_dir["nodes"]
+    assert version_dir["key"] == f"{base_path}/a%2Fb/%2E."
+    [leaf] = version_dir["nodes"]
+    assert leaf["key"] == f"{base_path}/a%2Fb/%2E./http%3A%2F%2Fh%3A1%2Fp%3Fq%3D1%23f"
+    value = json.loads(leaf["value"])
+    assert value["ttl"] == 45
+    assert value["expires_at"] == instance.expires_at
+    assert 40 <= leaf["ttl"] <= 45  # etcd expires the key by itself
+
+
+def test_a_refresh_moves_etcds_own_expiry(
+    etcd_server: EtcdServer, store: EtcdStore, base_path: str
+) -> None:
+    store.register(make(ttl=5))
+    store.register(make(ttl=500))
+    node = etcd_server.raw(raw_key(base_path, "web", "1.0", "http%3A%2F%2F127.0.0.1%3A8001"))
+    assert node is not None and 490 <= node["ttl"] <= 500  # type: ignore[operator]
+
+
+def test_lookup_ignores_empty_directories_and_values_that_are_not_instances(
+    etcd_server: EtcdServer, store: EtcdStore, base_path: str
+) -> None:
+    etcd_server.raw_put(raw_key(base_path, "web", "1.0"), "dir=true")
+    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "junk"), "value=not-json")
+    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "list"), "value=[1,2]")
+    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "deep", "er"), 'value={"ttl":1}')
+    store.register(make(version="3.0", location="real"))
+    assert [(i.version, i.location) for i in store.lookup("web", None, time.time())] == [
+        ("3.0", "real")
+    ]
+    assert store.lookup("web", "1.0", time.time()) == []
+    assert store.lookup("web", "2.0", time.time()) == []
+    assert store.get("web", "2.0", "junk", time.time()) is None
+    assert store.get("web", "2.0", "deep", time.time()) is None
+
+
+def test_deregister_removes_the_directories_it_empties(
+    etcd_server: EtcdServer, store: EtcdStore, base_path: str
+) -> None:
+    for version, location in [("1.0", "a"), ("1.0", "b"), ("2.0", "c")]:
+        store.register(make(version=version, location=location))
+    store.deregister("web", "1.0", "a", time.time())
+    assert etcd_server.raw(raw_key(base_path, "web", "1.0")) is not None
+    store.deregister("web", "1.0", "b", time.time())
+    assert etcd_server.raw(raw_key(base_path, "web", "1.0")) is None
+    assert etcd_server.raw(raw_key(base_path, "web")) is not None
+    store.deregister("web", "2.0", "c", time.time())
+    assert etcd_server.raw(raw_key(base_path, "web")) is None
+    assert store.register(make(version="2.0", location="c")) is True
+
+
+def test_the_longest_names_keyard_accepts_round_trip(store: EtcdStore) -> None:
+    # The registry's limits: 128 characters of name and version, 1024 of location.
+    service, version, location = "服" * 128, "🚀" * 128, "🚀/?" * 341 + "x"
+    for n in range(2):
+        other = location[:-1] + str(n)
+        assert store.register(make(service, version, other)) is True
+        assert store.get(service, version, other, time.time()) is not None
+    found = store.lookup(service, None, time.time())
+    assert [(i.service_name, i.version) for i in found] == [(service, version)] * 2
+    assert locations(found) == [location[:-1] + "0", location[:-1] + "1"]
+    assert store.deregister(service, version, location[:-1] + "0", time.time()) is True
+    assert locations(store.lookup(service, version, time.time())) == [location[:-1] + "1"]
+
+
+# -- several stores ------------------------------------------------------------
+
+
+def test_stores_with_the_same_base_path_share_one_registry(
+    etcd_server: EtcdServer, base_path: str
+) -> None:
+    first = EtcdStore(etcd_server.endpoint, base_path=base_path)
+    second = EtcdStore(etcd_server.endpoint, base_path=base_path)
+    try:
+        assert first.register(make(location="a")) is True
+        assert locations(second.lookup("web", None, time.time())) == ["a"]
+        assert second.get("web", "1.0", "a", time.time()) is not None
+        assert second.register(make(location="a", ttl=99)) is False
+        found = first.get("web", "1.0", "a", time.time())
+        assert found is not None and found.ttl == 99
+        assert second.deregister("web", "1.0", "a", time.time()) is True
+        assert first.lookup("web", None, time.time()) == []
+        assert first.deregister("web", "1.0", "a", time.time()) is False
+    finally:
+        first.close()
+        second.close()
+
+
+def test_stores_with_different_base_paths_never_see_each_other(etcd_server: EtcdServer) -> None:
+    parent = unique_base_path()
+    bases = [parent, unique_base_path(), f"{parent}/web"]
+    stores = [EtcdStore(etcd_server.endpoint, base_path=b) for b in bases]
+    try:
+        for n, store in enumerate(stores):
+            store.register(make(service="web", version="1.0", location=f"from-{n}"))
+            # In the nested base path this lands inside the parent's web/1.0 directory.
+            store.register(make(service="1.0", version="v", location=f"deep-{n}"))
+        for n, store in enumerate(stores):
+            assert locations(store.lookup("web", None, time.time())) == [f"from-{n}"]
+            assert locations(store.lookup("1.0", None, time.time())) == [f"deep-{n}"]
+            assert locations(store.lookup("1.0", "v", time.time())) == [f"deep-{n}"]
+            others = [f"from-{m}" for m in range(len(stores)) if m != n]
+            assert all(store.get("web", "1.0", o, time.time()) is None for o in others)
+    finally:
+        for store in stores:
+            store.close()
+
+
+# -- faults ----------------------------------------------------------------------
+
+
+def test_nothing_listening_raises_store_unavailable_at_once() -> None:
+    port = free_port()
+    store = EtcdStore(f"127.0.0.1:{port}", timeout=2)
+    messages = every_call_fails(store, within=1.0)
+    assert all(f"etcd at 127.0.0.1:{port} is unavailable" in m for m in messages)
+
+
+def test_a_server_that_never_answers_raises_store_unavailable_within_the_timeout() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel accepts connections; nobody ever answers
+        port = silent.getsockname()[1]
+        store = EtcdStore(f"127.0.0.1:{port}", timeout=0.5)
+        started = time.monotonic()
+        messages = every_call_fails(store, within=0.5 + 0.5)
+        assert time.monotonic() - started >= 4 * 0.45  # each call did wait for an answer
+        assert all("no answer" in m for m in messages)
+        store.close()
+
+
+def test_the_store_recovers_by_itself_when_etcd_is_back(own_etcd: EtcdServer) -> None:
+    store = EtcdStore(own_etcd.endpoint, timeout=1)
+    assert store.register(make(location="before")) is True
+    own_etcd.stop()
+    messages = every_call_fails(store, within=1 + 1)
+    assert all(own_etcd.endpoint in m for m in messages)
+    own_etcd.start()
+    assert locations(store.lookup("web", "1.0", time.time())) == ["before"]
+    assert store.register(make(location="after")) is True
+    assert locations(store.lookup("web", None, time.time())) == ["after", "before"]
+    store.close()
+
+
+def test_a_store_built_while_etcd_is_down_works_once_it_is_up(own_etcd: EtcdServer) -> None:
+    own_etcd.stop()
+    store = EtcdStore(own_etcd.endpoint, timeout=1)
+    with pytest.raises(StoreUnavailable):
+        store.lookup("web", None, time.time())
+    own_etcd.start()
+    assert store.register(make()) is True
+    store.close()
+
+
+# -- a cluster -------------------------------------------------------------------
+
+
+def register_and_look_up_while(
+    store: EtcdStore, during: threading.Event, done_after: int, limit: float
+) -> tuple[list[str], list[BaseException]]:
+    """Register one location after another, looking all of them up after each.
+
+    Sets ``during`` after 20 rounds (something happens to the cluster then), and
+    stops ``done_after`` rounds after that, or after ``limit`` seconds.
+    """
+    registered: list[str] = []
+    errors: list[BaseException] = []
+    deadline = time.monotonic() + limit
+    rounds_after = 0
+    n = 0
+    while rounds_after < done_after and time.monotonic() < deadline:
+        location = f"loc-{n:04d}"
+        try:
+            assert store.register(make(location=location)) is True, f"register {location}"
+            registered.append(location)
+            assert locations(store.lookup("web", "1.0", time.time())) == registered
+        except (AssertionError, StoreUnavailable) as exc:
+            errors.append(exc)
+        n += 1
+        if n == 20:
+            during.set()
+        if during.is_set() and n > 20:
+            rounds_after += 1
+    return registered, errors
+
+
+def kill_when(event: threading.Event, member: EtcdServer) -> threading.Thread:
+    def kill() -> None:
+        if event.wait(timeout=30):
+            time.sleep(0.01)  # let the next requests be in flight
+            member.kill()
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_losing_the_leader_fails_no_request(
+    etcd_cluster: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    leader = etcd_cluster.leader()
+    others = [m for m in etcd_cluster.members if m is not leader]
+    # The leader first: the store talks to it until it dies.
+    store = EtcdStore([m.endpoint for m in [leader, *others]])
+    killed = threading.Event()
+    killer = kill_when(killed, leader)
+    registered, errors = register_and_look_up_while(store, killed, done_after=60, limit=40)
+    killer.join(timeout=10)
+    assert not leader.running
+    assert errors == []
+    assert len(registered) >= 80
+    assert f"etcd member {leader.endpoint} failed" in caplog.text
+    survivor = EtcdStore(others[1].endpoint)
+    assert locations(survivor.lookup("web", "1.0", time.time())) == registered
+    store.close()
+    survivor.close()
+
+
+@pytest.mark.slow
+def test_allow_reconnect_learns_the_members_from_the_one_given(etcd_cluster: EtcdCluster) -> None:
+    leader = etcd_cluster.leader()
+    store = EtcdStore(leader.endpoint, allow_reconnect=True)
+    assert store.lookup("web", None, time.time()) == []
+    assert sorted(store.members) == sorted(m.endpoint for m in etcd_cluster.members)
+    killed = threading.Event()
+    killer = kill_when(killed, leader)
+    registered, errors = register_and_look_up_while(store, killed, done_after=30, limit=30)
+    killer.join(timeout=10)
+    assert not leader.running
+    assert errors == []
+    assert len(registered) >= 50
+    store.close()
+
+
+def test_one_member_store_does_not_learn_other_members(etcd_server: EtcdServer) -> None:
+    store = EtcdStore(etcd_server.endpoint, base_path=unique_base_path())
+    store.lookup("web", None, time.time())
+    assert store.members == [etcd_server.endpoint]
+    assert store.allow_reconnect is False
+    store.close()
