@@ -401,7 +401,7 @@ def test_losing_the_leader_fails_no_request(
     assert not leader.running
     assert errors == []
     assert len(registered) >= 80
-    assert f"etcd member {leader.endpoint} failed" in caplog.text
+    assert f"etcd failover: {leader.endpoint} failed" in caplog.text
     survivor = EtcdStore(others[1].endpoint)
     assert locations(survivor.lookup("web", "1.0", time.time())) == registered
     store.close()

@@ -583,7 +583,7 @@ class EtcdStore(Store):
                 with member.timeout(min(remaining, attempt_limit)):
                     result = getattr(member, operation)(path, *args, **params)
             except _ANSWERS:
-                self._current = index
+                self._answered(index, members, failures, deadline)
                 raise
             except _PERMANENT as exc:
                 raise self._unavailable(f"{member.endpoint.netloc}: {exc}") from exc
@@ -591,16 +591,7 @@ class EtcdStore(Store):
                 failures.append((member, exc))
                 unreachable_in_a_row = unreachable_in_a_row + 1 if _is_unreachable(exc) else 0
             else:
-                if failures:
-                    log.warning(
-                        "etcd member %s failed (%s); %s answered instead",
-                        failures[-1][0].endpoint.netloc,
-                        _describe(failures[-1][1]),
-                        member.endpoint.netloc,
-                    )
-                self._current = index
-                if self.allow_reconnect and self._discovery_due(failed_over=bool(failures)):
-                    self._discover(member, deadline)
+                self._answered(index, members, failures, deadline)
                 return result
             attempt += 1
             if unreachable_in_a_row >= _UNREACHABLE_ROUNDS * count:
@@ -615,6 +606,25 @@ class EtcdStore(Store):
         raise self._unavailable(
             f"{last_member.endpoint.netloc}: {_describe(last_error)}"
         ) from last_error
+
+    def _answered(
+        self,
+        index: int,
+        members: tuple[_Member, ...],
+        failures: list[tuple[_Member, BaseException]],
+        deadline: float,
+    ) -> None:
+        """Keep using the member that answered; say so if others failed first."""
+        member = members[index]
+        if failures:
+            log.warning(
+                "etcd failover: %s; %s answered instead",
+                "; ".join(f"{m.endpoint.netloc} failed ({_describe(e)})" for m, e in failures),
+                member.endpoint.netloc,
+            )
+        self._current = index
+        if self.allow_reconnect and self._discovery_due(failed_over=bool(failures)):
+            self._discover(member, deadline)
 
     def _discovery_due(self, *, failed_over: bool) -> bool:
         if self._discovered_at is None:
