@@ -19,6 +19,7 @@ from keyard.stores.base import Store
 
 log = logging.getLogger("keyard")
 
+
 def _handle_keyard_error(
     req: falcon.Request, resp: falcon.Response, ex: KeyardError, params: dict[str, Any]
 ) -> None:
