@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import webtest
 
+from keyard.app import create_app
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.helpers import config as config_module
 from keyard.stores import create_store
 from keyard.stores.etcd import MAX_SEGMENT, EtcdStore, encode_part
-from tests.conftest import free_port
+from tests.conftest import free_port, port_is_open, wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
 from tests.store_contract import ODD_STRINGS, StoreContract, locations, make
 
@@ -430,3 +439,112 @@ def test_one_member_store_does_not_learn_other_members(etcd_server: EtcdServer) 
     assert store.members == [etcd_server.endpoint]
     assert store.allow_reconnect is False
     store.close()
+
+
+# -- through the HTTP app ----------------------------------------------------------
+
+
+def test_the_app_answers_503_while_etcd_is_down_and_recovers_by_itself(
+    own_etcd: EtcdServer,
+) -> None:
+    api = webtest.TestApp(create_app({}, store=EtcdStore(own_etcd.endpoint, timeout=1)))
+    fields = {"service_name": "web", "location": "http://a"}
+    api.post_json("/keyard", fields, status=201)
+    own_etcd.stop()
+    requests = {
+        "GET": lambda: api.get("/keyard", {"service_name": "web"}, status=503),
+        "GET strategy": lambda: api.get(
+            "/keyard", {"service_name": "web", "load_balancer_strategy": "random"}, status=503
+        ),
+        "POST": lambda: api.post_json("/keyard", fields, status=503),
+        "PUT": lambda: api.put_json("/keyard", fields, status=503),
+        "DELETE": lambda: api.delete_json("/keyard", fields, status=503),
+    }
+    for name, request in requests.items():
+        started = time.monotonic()
+        response = request()
+        assert time.monotonic() - started < 1 + 1, name
+        assert response.content_type == "application/json"
+        assert set(response.json) == {"title", "description"}
+        assert own_etcd.endpoint in response.json["description"]
+    own_etcd.start()
+    assert api.get("/keyard", {"service_name": "web"}).json == {"result": ["http://a"]}
+    api.post_json("/keyard", {**fields, "location": "http://b"}, status=201)
+    api.put_json("/keyard", fields, status=200)
+    api.delete_json("/keyard", fields, status=200)
+    assert api.get("/keyard", {"service_name": "web"}).json == {"result": ["http://b"]}
+
+
+def test_two_apps_on_one_base_path_share_the_registry(
+    etcd_server: EtcdServer, base_path: str
+) -> None:
+    apps = [
+        webtest.TestApp(create_app({}, store=EtcdStore(etcd_server.endpoint, base_path=base_path)))
+        for _ in range(2)
+    ]
+    fields = {"service_name": "web", "version": "2", "location": "http://10.0.0.1:80"}
+    apps[0].post_json("/keyard", fields, status=201)
+    assert apps[1].get("/keyard", {"service_name": "web"}).json == {
+        "result": ["http://10.0.0.1:80"]
+    }
+    apps[1].post_json("/keyard", fields, status=200)  # a refresh, not a new registration
+    apps[1].delete_json("/keyard", fields, status=200)
+    assert apps[0].get("/keyard", {"service_name": "web"}).json == {"result": []}
+    apps[0].delete_json("/keyard", fields, status=404)
+
+
+def call(method: str, url: str, data: dict[str, str] | None = None) -> tuple[int, object]:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.slow
+def test_two_keyard_processes_configured_by_environment_share_one_etcd(
+    etcd_server: EtcdServer, base_path: str, tmp_path: Path
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEYARD_")},
+        "PYTHONPATH": str(root),
+        "KEYARD_STORE_TYPE": "etcd",
+        "KEYARD_ETCD_HOST": json.dumps([etcd_server.endpoint]),
+        "KEYARD_ETCD_BASE_PATH": base_path,
+        "KEYARD_ETCD_TIMEOUT": "1.5",
+    }
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "keyard.wsgi:app", "-b", f"127.0.0.1:{port}"]
+            + ["--workers", "2", "--worker-class", "gthread", "--threads", "4"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_until(lambda p=port: port_is_open(p), timeout=30, what="gunicorn listening")
+        first, second = (f"http://127.0.0.1:{port}/keyard" for port in ports)
+        registered = {"service_name": "web", "location": "http://10.0.0.7:8080"}
+        assert call("POST", first, registered)[0] == 201
+        for _ in range(4):  # whichever worker process answers
+            status, body = call("GET", f"{second}?service_name=web")
+            assert (status, body) == (200, {"result": ["http://10.0.0.7:8080"]})
+        assert call("DELETE", second, registered)[0] == 200
+        assert call("GET", f"{first}?service_name=web") == (200, {"result": []})
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=5)
