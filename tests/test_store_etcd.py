@@ -475,6 +475,17 @@ def test_the_app_answers_503_while_etcd_is_down_and_recovers_by_itself(
     assert api.get("/keyard", {"service_name": "web"}).json == {"result": ["http://b"]}
 
 
+def test_keyard_starts_while_etcd_is_down_and_answers_503() -> None:
+    port = free_port()
+    app = create_app({"store_type": "etcd", "etcd": {"host": f"127.0.0.1:{port}"}})
+    response = webtest.TestApp(app).get("/keyard", {"service_name": "web"}, status=503)
+    assert response.json["title"] == "Store unavailable"
+    assert response.json["description"].startswith(
+        f"etcd at 127.0.0.1:{port} is unavailable: cannot connect"
+    )
+    assert response.headers["Retry-After"] == "1"
+
+
 def test_two_apps_on_one_base_path_share_the_registry(
     etcd_server: EtcdServer, base_path: str
 ) -> None:

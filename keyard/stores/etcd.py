@@ -449,7 +449,7 @@ class EtcdStore(Store):
         path = _url_path(self._key(service_name, version, location))
         try:
             node = self._call(deadline, "read", path, quorum=True)
-        except (etcd.EtcdKeyNotFound, etcd.EtcdNotFile):
+        except (etcd.EtcdKeyNotFound, etcd.EtcdNotDir):
             return None
         if node.dir:
             return None
@@ -566,9 +566,10 @@ class EtcdStore(Store):
         members = self._members
         count = len(members)
         start = self._current % count
-        # With several members, one attempt gets half the time, so that a request
-        # lost with a dying leader can still be retried on another member.
-        attempt_limit = self.timeout if count == 1 else self.timeout / 2
+        # With several members one attempt gets a quarter of the time: a request
+        # that a follower forwarded to a leader that just died is never answered,
+        # and must be sent again once the cluster has elected another leader.
+        attempt_limit = self.timeout if count == 1 else self.timeout / 4
         failures: list[tuple[_Member, BaseException]] = []
         unreachable_in_a_row = 0
         pause = 0.05
@@ -599,13 +600,15 @@ class EtcdStore(Store):
             if attempt % count == 0 and unreachable_in_a_row < count:
                 # A whole round failed and someone was reachable: give it a moment.
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
-                pause = min(pause * 2, 0.4)
+                pause = min(pause * 2, 0.2)
         if not failures:
             raise self._unavailable(f"no answer within {self.timeout:g} s")
-        last_member, last_error = failures[-1]
-        raise self._unavailable(
-            f"{last_member.endpoint.netloc}: {_describe(last_error)}"
-        ) from last_error
+        last_error = failures[-1][1]
+        if count == 1:
+            raise self._unavailable(_describe(last_error)) from last_error
+        latest = {m.endpoint.netloc: _describe(e) for m, e in failures}
+        reasons = "; ".join(f"{netloc}: {reason}" for netloc, reason in latest.items())
+        raise self._unavailable(reasons) from last_error
 
     def _answered(
         self,
