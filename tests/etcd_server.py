@@ -38,9 +38,15 @@ class EtcdServer:
     """One etcd member: its ports, data dir and process. ``start`` may be called again."""
 
     def __init__(
-        self, program: str, name: str, workdir: Path, initial_cluster: str | None = None
+        self,
+        program: str,
+        name: str,
+        workdir: Path,
+        initial_cluster: str | None = None,
+        enable_v2: bool = True,
     ) -> None:
         self.program = program
+        self.enable_v2 = enable_v2
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -67,7 +73,7 @@ class EtcdServer:
             self.program,
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
-            "--enable-v2=true",
+            f"--enable-v2={str(self.enable_v2).lower()}",
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",

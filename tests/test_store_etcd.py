@@ -352,6 +352,18 @@ def test_a_store_built_while_etcd_is_down_works_once_it_is_up(own_etcd: EtcdServ
     store.close()
 
 
+def test_etcd_without_the_v2_api_is_reported_at_once(etcd_program: str, tmp_path: Path) -> None:
+    server = EtcdServer(etcd_program, "v3only", tmp_path, enable_v2=False)
+    try:
+        server.start()
+        store = EtcdStore(server.endpoint)
+        messages = every_call_fails(store, within=1.0)
+        assert all("--enable-v2=true" in m for m in messages)
+        store.close()
+    finally:
+        server.stop()
+
+
 # -- a cluster -------------------------------------------------------------------
 
 

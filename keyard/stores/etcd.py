@@ -280,6 +280,19 @@ def _is_unreachable(exc: BaseException) -> bool:
     return isinstance(cause, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
 
 
+def _without_v2_api(exc: BaseException) -> bool:
+    """True for the plain 404 that etcd gives on ``/v2/keys`` without ``--enable-v2=true``.
+
+    python-etcd reports an answer that is not JSON as a bare EtcdException.
+    """
+    payload = getattr(exc, "payload", None)
+    return (
+        isinstance(payload, dict)
+        and payload.get("message") == "Bad response"
+        and "404 page not found" in str(payload.get("cause"))
+    )
+
+
 def _describe(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, urllib3.exceptions.NewConnectionError):
@@ -589,6 +602,11 @@ class EtcdStore(Store):
             except _PERMANENT as exc:
                 raise self._unavailable(f"{member.endpoint.netloc}: {exc}") from exc
             except _DRIVER_ERRORS as exc:
+                if _without_v2_api(exc):
+                    raise self._unavailable(
+                        f"{member.endpoint.netloc} does not serve etcd's v2 keys API "
+                        "(start etcd with --enable-v2=true)"
+                    ) from exc
                 failures.append((member, exc))
                 unreachable_in_a_row = unreachable_in_a_row + 1 if _is_unreachable(exc) else 0
             else:
