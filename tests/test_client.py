@@ -21,7 +21,7 @@ from keyard.client import (
     UnexpectedResponse,
 )
 from keyard.errors import StoreUnavailable
-from keyard.stores.base import Instance, Store
+from keyard.stores.base import Store
 from tests.conftest import free_port
 from tests.wsgi_thread import ThreadServer, serve_in_thread
 
@@ -189,15 +189,16 @@ def _plain_app(status: str, body: bytes) -> Any:
 
 
 def test_a_server_that_is_not_keyard_raises_unexpected_response() -> None:
-    with serve_in_thread(_plain_app("200 OK", b"<html>hello</html>")) as server:
-        with pytest.raises(UnexpectedResponse, match="without JSON"):
-            KeyardClient(server.url).lookup("web")
+    app = _plain_app("200 OK", b"<html>hello</html>")
+    with serve_in_thread(app) as server, pytest.raises(UnexpectedResponse, match="without JSON"):
+        KeyardClient(server.url).lookup("web")
 
 
 def test_a_5xx_without_json_raises_registry_unavailable_naming_the_status() -> None:
     with serve_in_thread(_plain_app("502 Bad Gateway", b"<html>oops</html>")) as server:
+        client = KeyardClient(server.url)
         with pytest.raises(RegistryUnavailable, match="answered HTTP 502 Bad Gateway"):
-            KeyardClient(server.url).register("web", "a")
+            client.register("web", "a")
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://host", "http://", "http://h/?q=1"])

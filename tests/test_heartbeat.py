@@ -130,6 +130,6 @@ def test_impossible_settings_are_refused(options: dict, message: str) -> None:
 
 
 def test_it_cannot_be_started_twice(client: KeyardClient) -> None:
-    with Heartbeat(client, "app2", "loc", interval=30) as heartbeat:
-        with pytest.raises(RuntimeError, match="already started"):
-            heartbeat.start()
+    heartbeat = Heartbeat(client, "app2", "loc", interval=30)
+    with heartbeat, pytest.raises(RuntimeError, match="already started"):
+        heartbeat.start()
