@@ -41,7 +41,7 @@ class App1:
         try:
             location = self.keyard.choose("app2", strategy="random")
         except NotFound as exc:
-            raise _unavailable(f"no live instance of app2 is registered ({exc})") from exc
+            raise _unavailable("no live instance of app2 is registered in keyard") from exc
         except KeyardError as exc:
             raise _unavailable(f"cannot look app2 up in keyard: {exc}") from exc
         base = location if "://" in location else f"http://{location}"
