@@ -321,8 +321,9 @@ def lookup(
 ) -> None:
     """Print the live locations of a service.
 
-    Locations come ordered by version, then location. An unknown service prints nothing (exit 0); with --strategy, no live
-    instance is an error (exit 1).
+    Locations come ordered by version, then location. An unknown service
+    prints nothing (exit 0); with --strategy, no live instance is an error
+    (exit 1).
     """
     client = _client(url, timeout)
     with _registry_errors():
