@@ -49,8 +49,11 @@ class App1:
             with urllib.request.urlopen(f"{base}/app2", timeout=self.timeout) as answer:
                 text = answer.read().decode("utf-8")
                 served_by = answer.headers.get("X-Served-By", location)
-        except (OSError, ValueError) as exc:  # refused, timeout, HTTP error, bad location
-            raise _unavailable(f"app2 at {location} did not answer: {exc}") from exc
+        except urllib.error.HTTPError as exc:
+            raise _unavailable(f"app2 at {location} answered HTTP {exc.code}") from exc
+        except (OSError, ValueError) as exc:  # refused, timeout, bad location
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise _unavailable(f"app2 at {location} did not answer: {reason}") from exc
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = f"Hello {text}"
         resp.set_header("X-Served-By", served_by)

@@ -148,11 +148,22 @@ class KeyardClient:
         version: str | None = None,
         ttl: int | None = None,
         interval: float | None = None,
+        jitter: float = 0.2,
+        deregister: bool = True,
     ) -> Heartbeat:
         """A :class:`Heartbeat` for this instance, not started yet (use it with ``with``)."""
         from keyard.client._heartbeat import Heartbeat
 
-        return Heartbeat(self, service_name, location, version=version, ttl=ttl, interval=interval)
+        return Heartbeat(
+            self,
+            service_name,
+            location,
+            version=version,
+            ttl=ttl,
+            interval=interval,
+            jitter=jitter,
+            deregister=deregister,
+        )
 
     # -- HTTP ----------------------------------------------------------------------------
 

@@ -118,7 +118,7 @@ class Heartbeat:
         may start before its registry.
         """
         if self._thread is not None or self._stop.is_set():
-            raise RuntimeError(f"{self!r} was already started")
+            raise RuntimeError(f"{self!r} was already started (a Heartbeat runs once)")
         if block:
             self._beat(self.client.register)
         self._thread = threading.Thread(
