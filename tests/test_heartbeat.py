@@ -36,7 +36,7 @@ def test_it_health_checks_before_the_ttl_runs_out(client: KeyardClient) -> None:
         assert client.lookup("app2") == ["loc"]
         time.sleep(1.5)  # longer than the TTL: only health checks keep it alive
         assert client.lookup("app2") == ["loc"]
-        assert 5 <= heartbeat.beats <= 9  # every 0.16 to 0.2 s, jitter included
+        assert 5 <= heartbeat.beats <= 11  # 1 + one per 0.16 to 0.2 s, jitter included
         assert heartbeat.last_error is None
 
 
