@@ -6,11 +6,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 
 from keyard.app import create_app
-from keyard.client import ConnectionFailed, Heartbeat, InvalidInput, KeyardClient
+from keyard.client import ConnectionFailed, Heartbeat, InvalidInput, KeyardClient, Registration
 from tests.conftest import free_port, wait_until
 from tests.wsgi_thread import ThreadServer, serve_in_thread
 
@@ -133,3 +134,33 @@ def test_it_cannot_be_started_twice(client: KeyardClient) -> None:
     heartbeat = Heartbeat(client, "app2", "loc", interval=30)
     with heartbeat, pytest.raises(RuntimeError, match="already started"):
         heartbeat.start()
+
+
+class RecordingClient(KeyardClient):
+    """Answers registrations itself and records when each health check came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beat_times: list[float] = []
+        self.deregistered = False
+
+    def _answer(self, service_name: str, location: str, **fields: object) -> Registration:
+        self.beat_times.append(time.monotonic())
+        expires = datetime.now(timezone.utc)
+        return Registration(service_name, "1.0", location, 60, expires, created=True)
+
+    register = heartbeat = _answer  # type: ignore[assignment]
+
+    def deregister(self, service_name: str, location: str, **fields: object) -> None:
+        self.deregistered = True
+
+
+def test_health_checks_come_a_jittered_interval_apart() -> None:
+    client = RecordingClient()
+    with Heartbeat(client, "app2", "loc", interval=0.1, jitter=0.5):
+        wait_until(lambda: len(client.beat_times) >= 12, 5, "twelve health checks")
+    assert client.deregistered
+    gaps = [later - earlier for earlier, later in zip(client.beat_times, client.beat_times[1:])]
+    assert min(gaps) >= 0.05 - 0.005  # never earlier than interval * (1 - jitter)
+    assert max(gaps) - min(gaps) > 0.005  # not in lockstep
+    assert sorted(gaps)[len(gaps) // 2] < 0.1 + 0.02  # the median within the interval
