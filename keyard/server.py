@@ -8,6 +8,7 @@ from the checked configuration.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import falcon
@@ -38,6 +39,14 @@ class KeyardServer(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> falcon.App:
+        # keyard's own log lines (the store in use, a store that went away) go
+        # where gunicorn's go, unless the embedding program set up logging itself.
+        keyard_log = logging.getLogger("keyard")
+        if not keyard_log.handlers:
+            gunicorn_log = logging.getLogger("gunicorn.error")
+            for handler in gunicorn_log.handlers:
+                keyard_log.addHandler(handler)
+            keyard_log.setLevel(gunicorn_log.level)
         return create_app(self.config)
 
 

@@ -282,3 +282,4 @@ def test_serve_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
         process.communicate()
     assert process.returncode == 0, stderr
     assert "Using worker: gthread" in stderr
+    assert f"keyard ready: store simple (config file {str(config)!r})" in stderr
