@@ -243,6 +243,32 @@ def test_register_refresh_every_deregisters_on_a_signal(
     assert stderr == ""
 
 
+def test_register_refresh_every_rides_out_a_registry_restart(registry: ThreadServer) -> None:
+    process = run_keyard(
+        "register", "--service-name", "app2", "--location", "x", "--refresh-every", "0.2",
+        env={"KEYARD_URL": registry.url},
+    )  # fmt: skip
+    try:
+        client = KeyardClient(registry.url, timeout=1)
+        wait_until(lambda: client.lookup("app2") == ["x"], 10, "the registration")
+        registry.stop()
+        time.sleep(0.5)  # a couple of failed health checks
+        with serve_in_thread(create_app({}), registry.port):  # back, and empty
+            wait_until(lambda: client.lookup("app2") == ["x"], 3, "registering again")
+        # The registry is gone again when the command is told to stop.
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 1
+    assert "keyard: health check of app2 at x failed (1 in a row): cannot reach" in stderr
+    assert stderr.splitlines()[-1].startswith(
+        f"Error: could not deregister app2 at x: cannot reach the registry at {registry.url}"
+    )
+    assert "Traceback" not in stderr
+
+
 def test_register_refresh_every_exits_1_when_the_registry_is_down_at_start() -> None:
     process = run_keyard(
         "register", "--service-name", "app2", "--location", "x", "--refresh-every", "1",
