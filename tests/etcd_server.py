@@ -15,14 +15,16 @@ Fixtures:
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -32,6 +34,10 @@ from tests.conftest import free_port, require_program, wait_until
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
 START_TIMEOUT = 20.0
+
+
+class PortTaken(Exception):
+    """Another process took a port between ``free_port()`` and etcd binding it."""
 
 
 class EtcdServer:
@@ -50,8 +56,8 @@ class EtcdServer:
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.data_dir = workdir / f"{name}.data"
-        self.log_path = workdir / f"{name}.log"
+        self.data_dir = workdir / f"{name}-{self.client_port}.data"
+        self.log_path = workdir / f"{name}-{self.client_port}.log"
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -103,12 +109,15 @@ class EtcdServer:
     def healthy(self) -> bool:
         """True when the member answers ``/health`` with a leader elected."""
         if self.process is not None and self.process.poll() is not None:
-            pytest.fail(f"etcd {self.name} exited with {self.process.returncode}: {self.log()}")
+            log = self.log()
+            if "address already in use" in log:
+                raise PortTaken(f"etcd {self.name}: {log}")
+            pytest.fail(f"etcd {self.name} exited with {self.process.returncode}: {log}")
         try:
             with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5) as response:
                 return json.loads(response.read()).get("health") == "true"
-        except urllib.error.HTTPError:
-            return False  # 503 until a leader is elected
+        except (OSError, http.client.HTTPException, ValueError):
+            return False  # not listening yet, or 503 until a leader is elected
 
     def wait_healthy(self) -> None:
         wait_until(self.healthy, START_TIMEOUT, f"etcd {self.name} answering /health")
@@ -196,6 +205,30 @@ class EtcdCluster:
         return found[0]
 
 
+class _Startable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+def started(build: Callable[[], S], attempts: int = 3) -> S:
+    """``build()`` a server on free ports and start it; on other ports if one was taken."""
+    for _ in range(attempts):
+        server = build()
+        try:
+            server.start()
+            return server
+        except PortTaken:
+            server.stop()
+        except BaseException:
+            server.stop()
+            raise
+    pytest.fail(f"etcd could not bind free ports in {attempts} attempts")
+
+
 def unique_base_path() -> str:
     """A base path no other test uses, for tests that share one etcd."""
     return f"/keyard-tests/{uuid.uuid4().hex}"
@@ -211,9 +244,9 @@ def etcd_server(
     etcd_program: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EtcdServer]:
     """One etcd member shared by the whole session."""
-    server = EtcdServer(etcd_program, "shared", tmp_path_factory.mktemp("etcd"))
+    workdir = tmp_path_factory.mktemp("etcd")
+    server = started(lambda: EtcdServer(etcd_program, "shared", workdir))
     try:
-        server.start()
         yield server
     finally:
         server.stop()
@@ -222,9 +255,8 @@ def etcd_server(
 @pytest.fixture
 def own_etcd(etcd_program: str, tmp_path: Path) -> Iterator[EtcdServer]:
     """An etcd member for this test alone; the test may stop and start it."""
-    server = EtcdServer(etcd_program, "own", tmp_path)
+    server = started(lambda: EtcdServer(etcd_program, "own", tmp_path))
     try:
-        server.start()
         yield server
     finally:
         server.stop()
@@ -233,9 +265,8 @@ def own_etcd(etcd_program: str, tmp_path: Path) -> Iterator[EtcdServer]:
 @pytest.fixture
 def etcd_cluster(etcd_program: str, tmp_path: Path) -> Iterator[EtcdCluster]:
     """A three-member etcd cluster for this test alone."""
-    cluster = EtcdCluster(etcd_program, tmp_path)
+    cluster = started(lambda: EtcdCluster(etcd_program, tmp_path))
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()

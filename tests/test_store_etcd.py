@@ -25,7 +25,7 @@ from keyard.helpers import config as config_module
 from keyard.stores import create_store
 from keyard.stores.etcd import MAX_SEGMENT, EtcdStore, encode_part
 from tests.conftest import free_port, port_is_open, wait_until
-from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
+from tests.etcd_server import EtcdCluster, EtcdServer, started, unique_base_path
 from tests.store_contract import ODD_STRINGS, StoreContract, locations, make
 
 
@@ -353,9 +353,8 @@ def test_a_store_built_while_etcd_is_down_works_once_it_is_up(own_etcd: EtcdServ
 
 
 def test_etcd_without_the_v2_api_is_reported_at_once(etcd_program: str, tmp_path: Path) -> None:
-    server = EtcdServer(etcd_program, "v3only", tmp_path, enable_v2=False)
+    server = started(lambda: EtcdServer(etcd_program, "v3only", tmp_path, enable_v2=False))
     try:
-        server.start()
         store = EtcdStore(server.endpoint)
         messages = every_call_fails(store, within=1.0)
         assert all("--enable-v2=true" in m for m in messages)

@@ -379,8 +379,7 @@ class EtcdStore(Store):
         self.timeout = float(timeout)
         self.allow_reconnect = allow_reconnect
         self._pool_size = 16
-        self._configured = tuple(_Member(e, protocol, self._pool_size) for e in endpoints)
-        self._members: tuple[_Member, ...] = self._configured
+        self._members = tuple(_Member(e, protocol, self._pool_size) for e in endpoints)
         self._current = 0  # index into _members of the member that answered last
         self._lock = threading.Lock()  # guards changes to _members
         self._discovered_at: float | None = None
