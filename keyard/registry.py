@@ -56,6 +56,11 @@ def _text(fields: Fields, name: str, default: str | None = None) -> str:
     limit = MAX_LENGTHS[name]
     if len(value) > limit:
         raise InvalidInput(f"{name} is {len(value)} characters long; the limit is {limit}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"{name} is not valid Unicode: {exc.reason} in {value!r}") from exc
     return value
 
 
@@ -77,14 +82,15 @@ class Registry:
 
     def _ttl(self, value: object) -> int:
         bounds = f"between {self.ttl.minimum} and {self.ttl.maximum}"
-        if isinstance(value, str) and value.isascii() and value.isdigit():
-            seconds = int(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            seconds = value
+        if isinstance(value, int) and not isinstance(value, bool):
+            seconds: int | None = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit():
+            seconds = int(value) if len(value) <= 18 else None  # int() of 5000 digits raises
         else:
             raise InvalidInput(f"ttl must be a whole number of seconds {bounds}, got {value!r}")
-        if not self.ttl.minimum <= seconds <= self.ttl.maximum:
-            raise InvalidInput(f"ttl must be {bounds} seconds, got {seconds}")
+        if seconds is None or not self.ttl.minimum <= seconds <= self.ttl.maximum:
+            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}..."
+            raise InvalidInput(f"ttl must be {bounds} seconds, got {shown}")
         return seconds
 
     def _key(self, fields: Fields) -> tuple[str, str, str]:

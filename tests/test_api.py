@@ -276,6 +276,8 @@ def test_expiry_happens_in_real_time() -> None:
         ({"service_name": "web", "location": LOCATION, "ttl": 0}, ["between 1 and 86400", "0"]),
         ({"service_name": "web", "location": LOCATION, "ttl": 86401}, ["between", "86401"]),
         ({"service_name": "web", "location": LOCATION, "ttl": 10**400}, ["ttl"]),
+        ({"service_name": "web", "location": LOCATION, "ttl": "9" * 5000}, ["ttl", "99..."]),
+        ({"service_name": "web", "location": "a\ud800"}, ["location is not valid Unicode"]),
         ({"service_name": "x" * 129, "location": LOCATION}, ["service_name", "129", "128"]),
         ({"service_name": "web", "version": "v" * 129, "location": "a"}, ["version", "128"]),
         ({"service_name": "web", "location": "l" * 1025}, ["location", "1025", "1024"]),
