@@ -236,3 +236,25 @@ def test_redis_down_is_store_unavailable_within_the_timeout_and_the_store_recove
         assert store.deregister("web", "1.0", "a", time.time()) is True
     finally:
         store.close()
+
+
+def test_configured_from_environment_variables(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    from keyard.helpers import config
+
+    loaded = config.load(
+        environ={
+            "KEYARD_STORE_TYPE": "redis",
+            "KEYARD_REDIS_URL": redis_server.url,
+            "KEYARD_REDIS_PREFIX": redis_prefix,
+            "KEYARD_REDIS_TIMEOUT": "0.5",
+        }
+    )
+    store = create_store(loaded.store_type, loaded.store_options)
+    try:
+        assert isinstance(store, RedisStore) and store.prefix == redis_prefix
+        assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+        assert store.register(make()) is True
+    finally:
+        store.close()
