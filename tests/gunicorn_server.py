@@ -2,8 +2,9 @@
 
 ``GunicornServer(directory, config)`` writes ``config`` (if given) to
 ``directory/config.json`` and runs ``gunicorn keyard.wsgi:app`` there on a free
-loopback port with ``KEYARD_CONFIG`` pointing at it. The access log records which
-worker process served each request (:meth:`GunicornServer.served_by`). The
+loopback port with ``KEYARD_CONFIG`` pointing at it. :meth:`GunicornServer.start`
+returns once every worker process has answered. Each run's access log records
+which worker served each request (:meth:`GunicornServer.served_by`). The
 ``gunicorn`` fixture hands out servers and stops every one of them afterwards.
 """
 
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ class GunicornServer:
         self.args = args
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.runs = 0  # how many times started
         self.output = ""  # what gunicorn printed, collected at stop()
 
     @property
@@ -59,7 +62,8 @@ class GunicornServer:
 
     @property
     def access_log(self) -> Path:
-        return self.directory / "access.log"
+        """The access log of the current (or last) run."""
+        return self.directory / f"access-{self.runs}.log"
 
     def command(self) -> list[str]:
         return [
@@ -70,7 +74,7 @@ class GunicornServer:
             "--threads", str(self.threads),
             "--graceful-timeout", "5",
             "--access-logfile", str(self.access_log),
-            "--access-logformat", "%(p)s %(m)s %(s)s",
+            "--access-logformat", "%(p)s %(m)s %(s)s %(q)s",
             *self.args,
         ]  # fmt: skip
 
@@ -85,8 +89,9 @@ class GunicornServer:
         return env
 
     def start(self) -> None:
-        """Start gunicorn (again, on the same port) and wait until keyard answers."""
+        """Start gunicorn (again, on the same port); return once every worker has answered."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.runs += 1
         self.process = subprocess.Popen(
             self.command(),
             cwd=self.directory,
@@ -95,13 +100,22 @@ class GunicornServer:
             stderr=subprocess.STDOUT,
         )
         wait_until(self._answers, timeout=60, what=f"keyard answering on port {self.port}")
+        wait_until(self._every_worker_answered, timeout=60, what="every worker answering")
 
     def _answers(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             output = self.process.communicate()[0].decode(errors="replace")
             pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{output}")
-        return port_is_open(self.port) and self.call("GET", {"service_name": "-"})[0] == 200
+        return port_is_open(self.port) and self._probe()
+
+    def _probe(self) -> bool:
+        return self.call("GET", {"service_name": "-probe-"})[0] == 200
+
+    def _every_worker_answered(self) -> bool:
+        with ThreadPoolExecutor(2 * self.workers) as pool:
+            assert all(pool.map(lambda _: self._probe(), range(2 * self.workers)))
+        return len(set(self.served_by("GET", "service_name=-probe-"))) >= self.workers
 
     def stop(self) -> None:
         """Stop gunicorn gracefully and wait for it; its output goes to :attr:`output`."""
@@ -152,11 +166,16 @@ class GunicornServer:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    def served_by(self, method: str) -> list[int]:
-        """The worker process id that served each ``method`` request so far, in order."""
-        pattern = re.compile(rf"^<(\d+)> {method} ")
+    def served_by(self, method: str, query: str | None = None) -> list[int]:
+        """The worker process ids that served this run's ``method`` requests, in order.
+
+        Only requests whose query string is ``query``, if given. A request is logged
+        just after its answer is sent, so the latest may be missing for a moment.
+        """
+        pattern = re.compile(rf"^<(\d+)> {re.escape(method)} \d+ (.*)$")
         lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        return [int(m.group(1)) for m in map(pattern.match, lines) if m]
+        found = [m for m in map(pattern.match, lines) if m]
+        return [int(m.group(1)) for m in found if query is None or m.group(2) == query]
 
 
 @pytest.fixture
