@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 #: Fixture modules: real servers the tests start (see each module's docstring).
-pytest_plugins = ["tests.redis_server", "tests.gunicorn_server"]
+pytest_plugins = ["tests.redis_server"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -1,196 +1,187 @@
-"""keyard under a real gunicorn, for tests: start, call over HTTP, stop, start again.
+"""gunicorn as a subprocess on a loopback port, for tests of the real thing::
 
-``GunicornServer(directory, config)`` writes ``config`` (if given) to
-``directory/config.json`` and runs ``gunicorn keyard.wsgi:app`` there on a free
-loopback port with ``KEYARD_CONFIG`` pointing at it. :meth:`GunicornServer.start`
-returns once every worker process has answered. Each run's access log records
-which worker served each request (:meth:`GunicornServer.served_by`). The
-``gunicorn`` fixture hands out servers and stops every one of them afterwards.
+    with gunicorn_server.start("example.app2:app", free_port(), env={"X": "1"}) as server:
+        urllib.request.urlopen(server.url + "/app2")
+
+:func:`start` runs ``python -m gunicorn APP_SPEC --bind 127.0.0.1:PORT`` from the
+repository root in a session of its own, waits until it answers HTTP, and on
+the way out stops it (SIGTERM, then SIGKILL to the whole process group), also
+when the test failed. Its output goes to a temp file, shown when it fails to start.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
-import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, port_is_open, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class GunicornServer:
-    """One gunicorn master and its workers serving ``keyard.wsgi:app``."""
+def _control_socket_args() -> list[str]:
+    """gunicorn >= 25.1 opens a control socket at one path per user: not for parallel tests."""
+    from gunicorn.config import Config
 
-    def __init__(
-        self,
-        directory: Path,
-        config: Mapping[str, Any] | None = None,
-        *,
-        workers: int = 3,
-        worker_class: str = "sync",
-        threads: int = 1,
-        env: Mapping[str, str] | None = None,
-        args: tuple[str, ...] = (),
-    ) -> None:
-        self.directory = directory
-        self.config = config
-        self.workers = workers
-        self.worker_class = worker_class
-        self.threads = threads
-        self.env = dict(env or {})
-        self.args = args
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.runs = 0  # how many times started
-        self.output = ""  # what gunicorn printed, collected at stop()
+    return ["--no-control-socket"] if "control_socket_disable" in Config().settings else []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/keyard"
 
-    @property
-    def access_log(self) -> Path:
-        """The access log of the current (or last) run."""
-        return self.directory / f"access-{self.runs}.log"
+class GunicornProcess:
+    """A running gunicorn: its ``port``, ``url`` and ``process`` (the master)."""
 
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "gunicorn", "keyard.wsgi:app",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(self.workers),
-            "--worker-class", self.worker_class,
-            "--threads", str(self.threads),
-            "--graceful-timeout", "5",
-            "--access-logfile", str(self.access_log),
-            "--access-logformat", "%(p)s %(m)s %(s)s %(q)s",
-            *self.args,
-        ]  # fmt: skip
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: str) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
 
-    def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYARD_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env.pop("WEB_CONCURRENCY", None)  # gunicorn would take it as --workers
-        if self.config is not None:
-            (self.directory / "config.json").write_text(json.dumps(self.config))
-            env["KEYARD_CONFIG"] = str(self.directory / "config.json")
-        env.update(self.env)
-        return env
+    def output(self) -> str:
+        """Everything gunicorn and the app printed so far."""
+        return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
 
-    def start(self) -> None:
-        """Start gunicorn (again, on the same port); return once every worker has answered."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.runs += 1
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.directory,
-            env=self.environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._answers, timeout=60, what=f"keyard answering on port {self.port}")
-        wait_until(self._every_worker_answered, timeout=60, what="every worker answering")
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send ``sig`` to the master and wait for it to exit (SIGKILL after ``timeout``).
 
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            output = self.process.communicate()[0].decode(errors="replace")
-            pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{output}")
-        return port_is_open(self.port) and self._probe()
-
-    def _probe(self) -> bool:
-        return self.call("GET", {"service_name": "-probe-"})[0] == 200
-
-    def _every_worker_answered(self) -> bool:
-        with ThreadPoolExecutor(2 * self.workers) as pool:
-            assert all(pool.map(lambda _: self._probe(), range(2 * self.workers)))
-        return len(set(self.served_by("GET", "service_name=-probe-"))) >= self.workers
-
-    def stop(self) -> None:
-        """Stop gunicorn gracefully and wait for it; its output goes to :attr:`output`."""
-        if self.process is None:
-            return
-        process, self.process = self.process, None
-        process.terminate()
-        try:
-            out = process.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out = process.communicate(timeout=10)[0]
-        self.output += out.decode(errors="replace")
-
-    def run_expecting_failure(self, timeout: float = 30) -> tuple[int, str]:
-        """Run gunicorn expecting it to refuse to start: its exit code and output.
-
-        Fails the test (after stopping gunicorn) if it is still running after ``timeout``.
+        Returns the exit status. Any worker left behind is killed.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.directory,
-            env=self.environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            out = self.process.communicate(timeout=timeout)[0]
-        except subprocess.TimeoutExpired:
-            self.stop()
-            pytest.fail(f"gunicorn was still running after {timeout} s:\n{self.output}")
-        code, self.process = self.process.returncode, None
-        return code, out.decode(errors="replace")
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._kill_group()
+        return self.process.wait(timeout)
 
-    def call(self, method: str, fields: Mapping[str, Any]) -> tuple[int, Any]:
-        """One request over a fresh connection: fields as JSON (POST, PUT) or a query."""
-        url, body, headers = self.url, None, {"Connection": "close"}
-        if method in ("POST", "PUT"):
-            body = json.dumps(fields).encode()
-            headers["Content-Type"] = "application/json"
-        else:
-            url += "?" + urllib.parse.urlencode(fields)
-        request = urllib.request.Request(url, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once: a crash, with no clean-up."""
+        self._kill_group()
+        self.process.wait(10)
 
-    def served_by(self, method: str, query: str | None = None) -> list[int]:
-        """The worker process ids that served this run's ``method`` requests, in order.
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the master and its workers (e.g. SIGSTOP to make them hang)."""
+        os.killpg(self.process.pid, sig)
 
-        Only requests whose query string is ``query``, if given. A request is logged
-        just after its answer is sent, so the latest may be missing for a moment.
-        """
-        pattern = re.compile(rf"^<(\d+)> {re.escape(method)} \d+ (.*)$")
-        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        found = [m for m in map(pattern.match, lines) if m]
-        return [int(m.group(1)) for m in found if query is None or m.group(2) == query]
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
-    """A factory of :class:`GunicornServer` (same arguments, minus the directory).
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer (404 included) means a worker is serving
+    except OSError:
+        return False
 
-    Servers are not started; every one is stopped after the test.
+
+@contextmanager
+def start(
+    app_spec: str,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout: float = 20.0,
+) -> Iterator[GunicornProcess]:
+    """Run gunicorn with ``app_spec`` on 127.0.0.1:``port`` until the block ends.
+
+    ``env`` is added to this process's environment; ``extra_args`` go to gunicorn
+    (a second ``--workers`` wins over the default of 1). Fails the test if gunicorn
+    exits or does not answer HTTP within ``timeout`` seconds.
     """
-    servers: list[GunicornServer] = []
-
-    def make(config: Mapping[str, Any] | None = None, **kwargs: Any) -> GunicornServer:
-        server = GunicornServer(tmp_path / f"gunicorn-{len(servers)}", config, **kwargs)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        app_spec,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        *_control_socket_args(),
+        *extra_args,
+    ]
+    log_fd, log_path = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so that workers die with it
+        )
+    finally:
+        os.close(log_fd)
+    server = GunicornProcess(process, port, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(server.url + "/"):
+            if process.poll() is not None:
+                pytest.fail(
+                    f"gunicorn {app_spec} exited with {process.returncode}:\n{server.output()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"gunicorn {app_spec} did not answer within {timeout} s:\n{server.output()}"
+                )
+            time.sleep(0.05)
+        yield server
+    finally:
         server.stop()
+        os.unlink(log_path)
+
+
+def run_to_exit(
+    app_spec: str,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout: float = 30.0,
+) -> tuple[int, str]:
+    """Run gunicorn as :func:`start` does, expecting it to refuse to start.
+
+    Returns its exit status and output; fails the test (after killing it) if it is
+    still running after ``timeout`` seconds.
+    """
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "gunicorn", app_spec,
+        "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        *_control_socket_args(), *extra_args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output = process.communicate(timeout=timeout)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate(timeout=10)[0].decode(errors="replace")
+        pytest.fail(f"gunicorn {app_spec} was still running after {timeout} s:\n{output}")
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
+    return process.returncode, output

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
 from keyard.app import create_app
+from keyard.cli import main
 from keyard.errors import ConfigError
+from keyard.helpers.config import Config
 from keyard.stores.memory import MemoryStore
 from keyard.worker_processes import gunicorn_workers, refuse_memory_store_under_workers
 
@@ -60,3 +65,34 @@ def test_create_app_refuses_the_memory_store_under_several_gunicorn_workers() ->
     with pytest.raises(ConfigError, match="gunicorn runs 3 worker processes"):
         FakeWorker(3).load_wsgi(lambda: create_app({}, store=MemoryStore()))
     assert FakeWorker(1).load_wsgi(lambda: create_app({"store_type": "simple"})) is not None
+
+
+def test_keyard_serve_refuses_the_memory_store_under_several_workers_before_starting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from keyard import server
+
+    started: list[Config] = []
+    monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
+    monkeypatch.chdir(tmp_path)  # no ./config.json; the default sqlite file goes here
+    env = {"KEYARD_CONFIG": None, "KEYARD_STORE_TYPE": "simple"}
+    result = CliRunner().invoke(main, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 2 and started == []
+    assert "store_type 'simple' keeps the registry inside one process" in result.output
+    assert CliRunner().invoke(main, ["serve", "--workers", "1"], env=env).exit_code == 0
+    assert [config.store_type for config in started] == ["simple"]
+
+
+def test_keyard_serve_uses_sqlite_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from keyard import server
+
+    started: list[Config] = []
+    monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
+    monkeypatch.chdir(tmp_path)
+    env = {name: None for name in os.environ if name.startswith("KEYARD_")}
+    result = CliRunner().invoke(main, ["serve", "--workers", "3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert [config.store_type for config in started] == ["sqlite"]
+    assert (tmp_path / "keyard-data" / "registry.db").is_file()

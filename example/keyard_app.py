@@ -1,0 +1,4 @@
+from keyard import app
+from keyard.helpers import config
+config.load_file('example/config.json')
+app = app.create_app()

@@ -1,0 +1,312 @@
+"""The ``keyard`` command line: CliRunner against a live registry, and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from keyard.app import create_app
+from keyard.cli import main
+from keyard.client import ConnectionFailed, KeyardClient
+from tests.conftest import free_port, wait_until
+from tests.gunicorn_server import REPO_ROOT
+from tests.wsgi_thread import ThreadServer, serve_in_thread
+
+ENV_NAMES = [
+    "KEYARD_URL",
+    "KEYARD_TIMEOUT",
+    "KEYARD_SERVICE_NAME",
+    "KEYARD_SERVICE_VERSION",
+    "KEYARD_SERVICE_LOCATION",
+    "KEYARD_TTL",
+    "KEYARD_REFRESH_EVERY",
+    "KEYARD_CONFIG",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def registry() -> Iterator[ThreadServer]:
+    with serve_in_thread(create_app({"store_type": "simple"})) as server:
+        yield server
+
+
+@pytest.fixture
+def client(registry: ThreadServer) -> KeyardClient:
+    return KeyardClient(registry.url, timeout=2)
+
+
+def keyard(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result: Result, code: int, message: str) -> None:
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"Error: {message}\n"
+
+
+# -- success: exit code 0 ------------------------------------------------------------------
+
+
+def test_register_lookup_unregister(registry: ThreadServer, client: KeyardClient) -> None:
+    url = ["--url", registry.url]
+    result = keyard("register", "--service-name", "app2", "--location", "http://h:2", *url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("registered app2 1.0 at http://h:2 (ttl 30 s, expires 20")
+    assert client.lookup("app2") == ["http://h:2"]
+
+    again = keyard("register", "--service-name", "app2", "--location", "http://h:2", *url)
+    assert again.stdout.startswith("refreshed app2 1.0 at http://h:2 (ttl 30 s")
+
+    keyard("register", "--service-name", "app2", "--location", "http://h:1", "--ttl", "9", *url)
+    result = keyard("lookup", "--service-name", "app2", *url)
+    assert (result.exit_code, result.stdout) == (0, "http://h:1\nhttp://h:2\n")
+
+    result = keyard("unregister", "--service-name", "app2", "--location", "http://h:1", *url)
+    assert (result.exit_code, result.stdout) == (0, "deregistered app2 at http://h:1\n")
+    assert client.lookup("app2") == ["http://h:2"]
+
+
+def test_lookup_formats_and_strategy(registry: ThreadServer, client: KeyardClient) -> None:
+    client.register("web", "a", version="1.0")
+    client.register("web", "b", version="2.0")
+    url = ["--url", registry.url]
+
+    as_json = keyard("lookup", "--service-name", "web", "--format", "json", *url)
+    assert json.loads(as_json.stdout) == ["a", "b"]
+    version = keyard("lookup", "--service-name", "web", "--version", "2.0", *url)
+    assert version.stdout == "b\n"
+    one = keyard("lookup", "--service-name", "web", "--strategy", "random", "--format=json", *url)
+    assert json.loads(one.stdout) in {"a", "b"}
+    table = keyard("lookup", "--service-name", "web", "--strategy", "round_robin", *url)
+    assert table.stdout in {"a\n", "b\n"}
+    nobody = keyard("lookup", "--service-name", "nobody", *url)
+    assert (nobody.exit_code, nobody.stdout) == (0, "")
+
+
+def test_every_option_comes_from_the_environment(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    env = {
+        "KEYARD_URL": registry.url,
+        "KEYARD_TIMEOUT": "3",
+        "KEYARD_SERVICE_NAME": "app2",
+        "KEYARD_SERVICE_VERSION": "2.5",
+        "KEYARD_SERVICE_LOCATION": "http://h:2",
+        "KEYARD_TTL": "7",
+    }
+    result = keyard("register", env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("registered app2 2.5 at http://h:2 (ttl 7 s")
+
+    assert keyard("lookup", env=env).stdout == "http://h:2\n"
+    assert keyard("unregister", env=env).exit_code == 0
+    assert client.lookup("app2") == []
+
+
+def test_an_option_wins_over_the_environment(registry: ThreadServer) -> None:
+    env = {"KEYARD_URL": "http://127.0.0.1:1", "KEYARD_SERVICE_NAME": "other"}
+    result = keyard("lookup", "--url", registry.url, "--service-name", "web", env=env)
+    assert (result.exit_code, result.stdout) == (0, "")
+
+
+# -- the registry answered an error, or cannot be reached: exit code 1 ---------------------
+
+
+def test_an_unknown_instance_exits_1_with_the_registrys_message(registry: ThreadServer) -> None:
+    result = keyard("unregister", "--url", registry.url, "--service-name", "web", "--location", "x")
+    assert_one_line_error(
+        result, 1, "no live instance of service 'web' version '1.0' at location 'x'"
+    )
+
+
+def test_no_live_instance_for_a_strategy_exits_1(registry: ThreadServer) -> None:
+    result = keyard(
+        "lookup", "--url", registry.url, "--service-name", "web", "--strategy", "random"
+    )
+    assert_one_line_error(result, 1, "no live instance of service 'web'")
+
+
+def test_invalid_input_exits_1_with_the_registrys_message(registry: ThreadServer) -> None:
+    result = keyard(
+        "lookup", "--url", registry.url, "--service-name", "web", "--strategy", "fastest"
+    )
+    assert_one_line_error(
+        result, 1, "load_balancer_strategy 'fastest' is not known; valid: random, round_robin"
+    )
+
+
+def test_an_unreachable_registry_exits_1() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = keyard("register", "--url", url, "--service-name", "web", "--location", "x")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot reach the registry at {url}: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+# -- usage errors: exit code 2 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["register", "--location", "x"], "Missing option '--service-name'"),
+        (["register", "--service-name", "web"], "Missing option '--location'"),
+        (["register", "--service-name", "w", "--location", "x", "--ttl", "0"], "'--ttl'"),
+        (["lookup", "--service-name", "w", "--format", "xml"], "'--format'"),
+        (["lookup", "--service-name", "w", "--url", "localhost:8000"], "registry URL"),
+        (["lookup", "--service-name", "w", "--timeout", "0"], "'--timeout'"),
+        (
+            ["register", "--service-name", "w", "--location", "x", "--ttl", "5",
+             "--refresh-every", "5"],
+            "must be shorter than the ttl",
+        ),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = keyard(*args, env={"KEYARD_URL": f"http://127.0.0.1:{free_port()}"})
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_serve_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text('{"store_type": "nope"}')
+    result = keyard("serve", "--config", str(bad))
+    assert_one_line_error(
+        result, 2, "store_type 'nope' is not a known store; available: etcd, redis, simple, sqlite"
+    )
+
+    result = keyard("serve", env={"KEYARD_CONFIG": str(tmp_path / "missing.json")})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: config file ")
+    assert "cannot be read" in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def run_keyard(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``python -m keyard.cli ARGS`` in the background, from the repository root."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "keyard.cli", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_register_refresh_every_deregisters_on_a_signal(
+    registry: ThreadServer, client: KeyardClient, stop_signal: int
+) -> None:
+    process = run_keyard(
+        "register", "--service-name", "app2", "--location", "http://h:2",
+        "--ttl", "1", "--refresh-every", "0.2",
+        env={"KEYARD_URL": registry.url},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: client.lookup("app2") == ["http://h:2"], 10, "the registration")
+        if stop_signal == signal.SIGTERM:
+            time.sleep(1.3)  # past the 1 s TTL: only the health checks keep it
+            assert client.lookup("app2") == ["http://h:2"]
+        process.send_signal(stop_signal)
+        stdout, stderr = process.communicate(timeout=5)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0, stderr
+    assert client.lookup("app2") == []
+    assert stdout.startswith("registered app2 1.0 at http://h:2 (ttl 1 s")
+    assert "health check every 0.2 s until SIGINT or SIGTERM\n" in stdout
+    assert stdout.endswith("deregistered app2 at http://h:2\n")
+    assert stderr == ""
+
+
+def test_register_refresh_every_rides_out_a_registry_restart(registry: ThreadServer) -> None:
+    process = run_keyard(
+        "register", "--service-name", "app2", "--location", "x", "--refresh-every", "0.2",
+        env={"KEYARD_URL": registry.url},
+    )  # fmt: skip
+    try:
+        client = KeyardClient(registry.url, timeout=1)
+        wait_until(lambda: client.lookup("app2") == ["x"], 10, "the registration")
+        registry.stop()
+        time.sleep(0.5)  # a couple of failed health checks
+        # Back, and empty:
+        with serve_in_thread(create_app({"store_type": "simple"}), registry.port):
+            wait_until(lambda: client.lookup("app2") == ["x"], 3, "registering again")
+        # The registry is gone again when the command is told to stop.
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 1
+    assert "keyard: health check of app2 at x failed (1 in a row): cannot reach" in stderr
+    assert stderr.splitlines()[-1].startswith(
+        f"Error: could not deregister app2 at x: cannot reach the registry at {registry.url}"
+    )
+    assert "Traceback" not in stderr
+
+
+def test_register_refresh_every_exits_1_when_the_registry_is_down_at_start() -> None:
+    process = run_keyard(
+        "register", "--service-name", "app2", "--location", "x", "--refresh-every", "1",
+        env={"KEYARD_URL": f"http://127.0.0.1:{free_port()}"},
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 1
+    assert stderr.startswith("Error: cannot reach the registry at http://127.0.0.1:")
+    assert stderr.count("\n") == 1
+
+
+def registry_answers(client: KeyardClient) -> bool:
+    try:
+        return client.lookup("web") == []
+    except ConnectionFailed:
+        return False
+
+
+def test_serve_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "keyard.json"
+    config.write_text('{"store_type": "simple", "default_ttl": 7}')
+    port = free_port()
+    process = run_keyard("serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", env={})
+    try:
+        client = KeyardClient(f"http://127.0.0.1:{port}", timeout=1)
+        wait_until(lambda: registry_answers(client), 15, "keyard serve answering")
+        assert client.register("web", "a").ttl == 7  # the config file's default_ttl
+        assert client.lookup("web") == ["a"]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Using worker: gthread" in stderr
+    assert f"keyard ready: store simple (config file {str(config)!r})" in stderr
