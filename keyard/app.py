@@ -16,6 +16,7 @@ from keyard.registry import Clock, Registry, TtlPolicy
 from keyard.resource import KeyardResource
 from keyard.stores import create_store
 from keyard.stores.base import Store
+from keyard.worker_processes import gunicorn_workers, refuse_memory_store_under_workers
 
 log = logging.getLogger("keyard")
 
@@ -79,6 +80,8 @@ def create_app(
         config = config_module.current()
     elif not isinstance(config, Config):
         config = config_module.from_dict(config, source="create_app(config=...)")
+    store_name = store.name if store is not None else config.store_type
+    refuse_memory_store_under_workers(store_name, gunicorn_workers())
     if store is None:
         store = create_store(config.store_type, config.store_options)
     registry = Registry(

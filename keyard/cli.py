@@ -171,7 +171,7 @@ def serve(config_path: str | None, bind: str, workers: int, threads: int) -> Non
 
     try:
         loaded = config.load(config_path) if config_path else config.from_environment()
-        server.check_config(loaded)
+        server.check_config(loaded, workers)
     except ConfigError as exc:
         raise BadConfig(str(exc)) from exc
     server.serve(loaded, bind=bind, workers=workers, threads=threads)

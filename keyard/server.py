@@ -17,6 +17,7 @@ from gunicorn.app.base import BaseApplication
 from keyard.app import create_app
 from keyard.helpers.config import Config
 from keyard.stores import create_store
+from keyard.worker_processes import refuse_memory_store_under_workers
 
 #: gunicorn's worker class for keyard: threads, so a slow store call blocks one request only.
 WORKER_CLASS = "gthread"
@@ -50,14 +51,16 @@ class KeyardServer(BaseApplication):
         return create_app(self.config)
 
 
-def check_config(config: Config) -> None:
-    """Build (and close) the store ``config`` names: ConfigError now rather than in a worker."""
+def check_config(config: Config, workers: int = 1) -> None:
+    """Build (and close) the store ``config`` names, and refuse the memory store under
+    several ``workers``: ConfigError now rather than in a worker."""
+    refuse_memory_store_under_workers(config.store_type, workers)
     create_store(config.store_type, config.store_options).close()
 
 
 def serve(config: Config, *, bind: str, workers: int, threads: int) -> None:
     """Check ``config``, then serve keyard on ``bind`` until gunicorn is told to stop."""
-    check_config(config)
+    check_config(config, workers)
     options = {
         "bind": [bind],
         "workers": workers,

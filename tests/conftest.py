@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
-#: Fixtures that start real servers, shared by the store tests.
-pytest_plugins = ["tests.etcd_server"]
+#: Fixture modules: real servers the tests start (see each module's docstring).
+pytest_plugins = ["tests.redis_server", "tests.etcd_server"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -145,3 +145,43 @@ def start(
     finally:
         server.stop()
         os.unlink(log_path)
+
+
+def run_to_exit(
+    app_spec: str,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout: float = 30.0,
+) -> tuple[int, str]:
+    """Run gunicorn as :func:`start` does, expecting it to refuse to start.
+
+    Returns its exit status and output; fails the test (after killing it) if it is
+    still running after ``timeout`` seconds.
+    """
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "gunicorn", app_spec,
+        "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        *_control_socket_args(), *extra_args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output = process.communicate(timeout=timeout)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate(timeout=10)[0].decode(errors="replace")
+        pytest.fail(f"gunicorn {app_spec} was still running after {timeout} s:\n{output}")
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
+    return process.returncode, output

@@ -41,7 +41,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def registry() -> Iterator[ThreadServer]:
-    with serve_in_thread(create_app({})) as server:
+    with serve_in_thread(create_app({"store_type": "simple"})) as server:
         yield server
 
 
@@ -253,7 +253,8 @@ def test_register_refresh_every_rides_out_a_registry_restart(registry: ThreadSer
         wait_until(lambda: client.lookup("app2") == ["x"], 10, "the registration")
         registry.stop()
         time.sleep(0.5)  # a couple of failed health checks
-        with serve_in_thread(create_app({}), registry.port):  # back, and empty
+        # Back, and empty:
+        with serve_in_thread(create_app({"store_type": "simple"}), registry.port):
             wait_until(lambda: client.lookup("app2") == ["x"], 3, "registering again")
         # The registry is gone again when the command is told to stop.
         process.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ from tests.wsgi_thread import ThreadServer, serve_in_thread
 
 @pytest.fixture
 def registry() -> Iterator[ThreadServer]:
-    with serve_in_thread(create_app({"max_ttl": 3600})) as server:
+    with serve_in_thread(create_app({"store_type": "simple", "max_ttl": 3600})) as server:
         yield server
 
 

@@ -33,7 +33,7 @@ def write(path: Path, data: object) -> Path:
 def test_defaults_without_any_file() -> None:
     loaded = config.current()
     assert (loaded.store_type, loaded.default_ttl, loaded.min_ttl, loaded.max_ttl) == (
-        "simple",
+        "sqlite",
         30,
         1,
         86400,
@@ -112,7 +112,8 @@ def test_create_app_applies_the_ttl_bounds() -> None:
         ({"min_ttl": 100, "max_ttl": 10}, ["min_ttl (100)", "max_ttl (10)"]),
         ({"default_ttl": 5, "min_ttl": 10}, ["default_ttl (5)", "min_ttl (10)"]),
         ({"defualt_ttl": 30}, ["'defualt_ttl'"]),
-        ({"simple": {"path": "x"}}, ["simple", "path"]),
+        ({"store_type": "simple", "simple": {"path": "x"}}, ["simple", "path"]),
+        ({"sqlite": {"pth": "x"}}, ["sqlite", "pth='x'"]),
     ],
 )
 def test_invalid_config_fails_at_app_creation_naming_key_and_value(

@@ -18,7 +18,7 @@ from tests.wsgi_thread import ThreadServer, serve_in_thread
 
 @pytest.fixture
 def registry() -> Iterator[ThreadServer]:
-    with serve_in_thread(create_app({})) as server:
+    with serve_in_thread(create_app({"store_type": "simple"})) as server:
         yield server
 
 
@@ -76,7 +76,8 @@ def test_it_survives_a_registry_restart_and_registers_again(
         wait_until(lambda: isinstance(heartbeat.last_error, ConnectionFailed), 2, "a failure")
         assert heartbeat.running
 
-        with serve_in_thread(create_app({}), registry.port):  # empty, on the same port
+        # Empty, on the same port:
+        with serve_in_thread(create_app({"store_type": "simple"}), registry.port):
             restarted = time.monotonic()
             wait_until(lambda: client.lookup("app2") == ["loc"], 2, "registering again")
             assert time.monotonic() - restarted < 0.8  # a couple of 0.2 s periods
@@ -101,7 +102,7 @@ def test_start_without_blocking_registers_once_the_registry_comes_up() -> None:
     try:
         wait_until(lambda: heartbeat.last_error is not None, 2, "a failed registration")
         assert heartbeat.registration is None
-        with serve_in_thread(create_app({}), port):
+        with serve_in_thread(create_app({"store_type": "simple"}), port):
             wait_until(lambda: client.lookup("app2") == ["loc"], 2, "the registration")
             assert heartbeat.stop() is True
             assert client.lookup("app2") == []

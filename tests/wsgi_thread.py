@@ -2,7 +2,7 @@
 
 For tests of HTTP clients against the real app without a subprocess::
 
-    with serve_in_thread(create_app({})) as server:
+    with serve_in_thread(create_app({"store_type": "simple"})) as server:
         KeyardClient(server.url).lookup("web")
 
 ``server.stop()`` closes the listening socket, so a new server may take over

@@ -39,7 +39,7 @@ _TTL_KEYS = ("default_ttl", "min_ttl", "max_ttl")
 class Config:
     """A validated configuration. Build it with :func:`from_dict` or :func:`load`."""
 
-    store_type: str = "simple"
+    store_type: str = "sqlite"
     default_ttl: int = 30
     min_ttl: int = 1
     max_ttl: int = 86400

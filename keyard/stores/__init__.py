@@ -13,6 +13,7 @@ An entry point names a :class:`~keyard.stores.base.Store` subclass.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -42,7 +43,12 @@ def register_store(name: str, target: str) -> None:
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    """The ``keyard.stores`` entry points of the installed distributions, by name."""
+    if sys.version_info >= (3, 10):
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    else:  # Python 3.9: a dict of group -> entry points
+        found = metadata.entry_points().get(ENTRY_POINT_GROUP, ())
+    return {ep.name: ep for ep in found}
 
 
 def available() -> list[str]:
@@ -71,7 +77,7 @@ def store_class(name: str) -> type[Store]:
     """The Store subclass registered as ``name``; ConfigError listing the names if unknown."""
     try:
         return _load(name)
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:
         raise ConfigError(f"store_type {name!r} could not be imported: {exc}") from exc
 
 

@@ -35,6 +35,7 @@ import etcd
 import urllib3
 
 from keyard.errors import ConfigError, StoreUnavailable
+from keyard.stores import options as opt
 from keyard.stores.base import Instance, Store
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,11 @@ class _Endpoint(NamedTuple):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _check_port(port: object, what: str) -> int:
+def _check_port(port: object, member: object) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"etcd option {what} must be a TCP port (1-65535), got {port!r}")
+        raise ConfigError(
+            f"etcd store: option host: the port of {member!r} must be between 1 and 65535"
+        )
     return port
 
 
@@ -145,25 +148,29 @@ def _parse_member(member: object, default_port: int) -> _Endpoint:
     """One member: ``"host"``, ``"host:port"``, ``"[::1]:port"`` or ``[host, port]``."""
     if isinstance(member, (list, tuple)):
         if not _is_pair(member):
-            raise ConfigError(f"etcd option host: a member must be 'host:port', got {member!r}")
-        return _Endpoint(member[0], _check_port(member[1], f"host (member {member!r})"))
+            raise ConfigError(
+                f"etcd store: option host: a member must be 'host:port', got {member!r}"
+            )
+        return _Endpoint(member[0], _check_port(member[1], member))
     if not isinstance(member, str) or not member.strip():
-        raise ConfigError(f"etcd option host: a member must be 'host:port', got {member!r}")
+        raise ConfigError(f"etcd store: option host: a member must be 'host:port', got {member!r}")
     text = member.strip()
     if "://" in text:
         raise ConfigError(
-            f"etcd option host: give 'host:port', not a URL ({member!r}); "
+            f"etcd store: option host: give 'host:port', not a URL ({member!r}); "
             "the scheme goes in the protocol option"
         )
     try:
         parsed = urlsplit(f"//{text}")
         port = parsed.port
     except ValueError:
-        raise ConfigError(f"etcd option host: {member!r} is not 'host' or 'host:port'") from None
+        raise ConfigError(
+            f"etcd store: option host: {member!r} is not 'host' or 'host:port'"
+        ) from None
     if not parsed.hostname or parsed.path or parsed.query or parsed.fragment or "@" in text:
-        raise ConfigError(f"etcd option host: {member!r} is not 'host' or 'host:port'")
+        raise ConfigError(f"etcd store: option host: {member!r} is not 'host' or 'host:port'")
     host = text[1 : text.index("]")] if text.startswith("[") else parsed.hostname
-    return _Endpoint(host, default_port if port is None else port)
+    return _Endpoint(host, default_port if port is None else _check_port(port, member))
 
 
 def _parse_hosts(host: object, port: int) -> list[_Endpoint]:
@@ -171,7 +178,7 @@ def _parse_hosts(host: object, port: int) -> list[_Endpoint]:
         host = [part for part in host.split(",") if part.strip()]
     if isinstance(host, (list, tuple)) and not _is_pair(host):
         if not host:
-            raise ConfigError("etcd option host: the list of members is empty")
+            raise ConfigError("etcd store: option host: the list of members is empty")
         members = [_parse_member(member, port) for member in host]
     else:
         members = [_parse_member(host, port)]
@@ -182,18 +189,18 @@ def _parse_hosts(host: object, port: int) -> list[_Endpoint]:
 def _parse_base_path(base_path: object) -> str:
     if not isinstance(base_path, str) or not base_path.startswith("/"):
         raise ConfigError(
-            f"etcd option base_path must be a path starting with '/', got {base_path!r}"
+            f"etcd store: option base_path must be a path starting with '/', got {base_path!r}"
         )
     segments = base_path.strip("/").split("/")
     if segments == [""] or any(s in ("", ".", "..") or s.startswith("_") for s in segments):
         raise ConfigError(
-            f"etcd option base_path must be like '/services': non-empty segments, none of "
+            f"etcd store: option base_path must be like '/services': non-empty segments, none of "
             f"them '.', '..' or starting with '_'; got {base_path!r}"
         )
     normalized = "/" + "/".join(segments)
     if len(_url_path(normalized)) > MAX_BASE_PATH:
         raise ConfigError(
-            f"etcd option base_path must be at most {MAX_BASE_PATH} characters once "
+            f"etcd store: option base_path must be at most {MAX_BASE_PATH} characters once "
             f"URL-encoded; got {base_path!r}"
         )
     return normalized
@@ -350,28 +357,22 @@ class EtcdStore(Store):
         timeout: float = DEFAULT_TIMEOUT,
         allow_reconnect: bool | None = None,
     ) -> None:
-        port = _check_port(port, "port")
+        port = opt.whole_number("etcd", "port", port, minimum=1, maximum=65535)
         endpoints = _parse_hosts(host, port)
         if protocol not in ("http", "https"):
-            raise ConfigError(f"etcd option protocol must be 'http' or 'https', got {protocol!r}")
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout <= MAX_TIMEOUT
-        ):
             raise ConfigError(
-                f"etcd option timeout must be a number of seconds above 0 and at most "
-                f"{MAX_TIMEOUT:g}, got {timeout!r}"
+                f"etcd store: option protocol must be 'http' or 'https', got {protocol!r}"
             )
+        timeout = opt.seconds("etcd", "timeout", timeout, zero_ok=False, maximum=MAX_TIMEOUT)
         if allow_reconnect is None:
             allow_reconnect = len(endpoints) > 1
         elif not isinstance(allow_reconnect, bool):
             raise ConfigError(
-                f"etcd option allow_reconnect must be true or false, got {allow_reconnect!r}"
+                f"etcd store: option allow_reconnect must be true or false, got {allow_reconnect!r}"
             )
         elif not allow_reconnect and len(endpoints) > 1:
             raise ConfigError(
-                f"etcd option allow_reconnect is false but host lists {len(endpoints)} "
+                f"etcd store: option allow_reconnect is false but host lists {len(endpoints)} "
                 "members; leave allow_reconnect out (or true) to use them all"
             )
         self.base_path = _parse_base_path(base_path)
@@ -392,13 +393,7 @@ class EtcdStore(Store):
         (``"/services"``), ``timeout`` (2 seconds) and ``allow_reconnect``
         (true when ``host`` lists several members).
         """
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown etcd option(s) "
-                f"{', '.join(f'{k!r} (value {options[k]!r})' for k in unknown)}; "
-                f"known: {', '.join(OPTIONS)}"
-            )
+        opt.reject_unknown("etcd", options, OPTIONS)
         return cls(**options)
 
     @property

@@ -1,7 +1,8 @@
 """The memory store (``store_type: "simple"``): a registry inside one process.
 
 Right for tests and a single process. Under several gunicorn worker processes
-each worker would hold its own registry, so keyard warns when it is used there.
+each worker would hold its own registry, so keyard refuses to start that way
+(``keyard.worker_processes``); the default store is ``sqlite``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,313 @@
+"""The SQLite store: the contract, plus its options, indexes, purging, locking and processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
+from keyard.stores import create_store
+from keyard.stores.base import Instance
+from keyard.stores.sqlite import PURGE_BATCH, SqliteStore
+from tests.store_contract import StoreContract, locations, make
+
+
+class TestSqliteStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path):
+        store = SqliteStore(tmp_path / "registry.db")
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "registry.db"
+
+
+# -- options -------------------------------------------------------------------
+
+
+def test_default_path_is_keyard_data_under_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = create_store("sqlite")
+    try:
+        assert isinstance(store, SqliteStore)
+        assert store.path == tmp_path / "keyard-data" / "registry.db"
+        assert store.path.is_file()
+        assert store.timeout == 5.0
+    finally:
+        store.close()
+
+
+def test_options_path_and_timeout(db_path: Path) -> None:
+    store = create_store("sqlite", {"path": str(db_path), "timeout": 0.5})
+    try:
+        assert isinstance(store, SqliteStore)
+        assert (store.path, store.timeout) == (db_path, 0.5)
+        assert db_path.parent.is_dir(), "the parent directory is created"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pth": "x.db"}, "unknown option(s) pth='x.db'; valid options: path, timeout"),
+        ({"path": ""}, "option path must be a non-empty string, got ''"),
+        ({"path": ["a"]}, "option path must be a non-empty string, got ['a']"),
+        ({"path": ":memory:"}, "option path must name a file, got ':memory:'"),
+        ({"timeout": "5"}, "option timeout must be a number of seconds, got '5'"),
+        ({"timeout": True}, "option timeout must be a number of seconds, got True"),
+        ({"timeout": -1}, "option timeout must be at least 0 and at most 600 seconds, got -1"),
+        ({"timeout": 601}, "option timeout must be at least 0 and at most 600 seconds, got 601"),
+    ],
+)
+def test_invalid_options_name_the_option_and_value(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_store("sqlite", options)
+    assert message in str(caught.value)
+
+
+def test_a_path_that_cannot_hold_a_database_fails_at_creation(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"option path .*file/registry.db.* cannot hold"):
+        create_store("sqlite", {"path": str(tmp_path / "file" / "registry.db")})
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(ConfigError, match="cannot hold a database"):
+        create_store("sqlite", {"path": str(tmp_path / "dir.db")})
+    (tmp_path / "garbage.db").write_bytes(b"this is not an SQLite database, not at all" * 100)
+    with pytest.raises(ConfigError, match="cannot hold a database"):
+        create_store("sqlite", {"path": str(tmp_path / "garbage.db")})
+
+
+def test_whole_number_path_from_an_environment_variable_is_taken_as_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KEYARD_SQLITE_PATH=1234 arrives parsed as JSON, i.e. as the number 1234.
+    monkeypatch.chdir(tmp_path)
+    store = create_store("sqlite", {"path": 1234})
+    try:
+        assert isinstance(store, SqliteStore) and store.path == tmp_path / "1234"
+    finally:
+        store.close()
+
+
+# -- schema, indexes, purging --------------------------------------------------
+
+
+def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
+    SqliteStore(db_path).close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        columns = [row[1] for row in db.execute("PRAGMA table_info(instances)")]
+        assert columns == ["service_name", "version", "location", "ttl", "expires_at"]
+        info = db.execute("PRAGMA table_info(instances)").fetchall()
+        primary_key = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5]]
+        assert primary_key == ["service_name", "version", "location"]
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(instances)")}
+        assert "instances_by_expiry" in indexes
+
+
+@pytest.mark.parametrize(
+    ("query", "parameters"),
+    [
+        ("_GET", ("web", "1.0", "a", 0.0)),
+        ("_LOOKUP_SERVICE", ("web", 0.0)),
+        ("_LOOKUP_VERSION", ("web", "1.0", 0.0)),
+        ("_OLD_EXPIRY", ("web", "1.0", "a")),
+        ("_DELETE", ("web", "1.0", "a")),
+        ("_PURGE", (0.0, 10)),
+    ],
+)
+def test_every_query_searches_an_index_and_never_scans_the_table(
+    db_path: Path, query: str, parameters: tuple
+) -> None:
+    from keyard.stores import sqlite as module
+
+    store = SqliteStore(db_path)
+    for n in range(300):  # enough rows, and statistics, for the planner to choose for real
+        store.register(make(service=f"svc-{n % 30}", location=f"loc-{n}"))
+    store.close()
+    with sqlite3.connect(db_path) as db:
+        db.execute("ANALYZE")
+        explained = db.execute(f"EXPLAIN QUERY PLAN {getattr(module, query)}", parameters)
+        plan = [row[3] for row in explained]
+    assert plan and all(not step.startswith("SCAN") for step in plan), plan
+    assert any(step.startswith("SEARCH") for step in plan), plan
+    if query.startswith("_LOOKUP") or query == "_GET":
+        # The primary key of (service, version, location), not the expiry index.
+        assert not any("instances_by_expiry" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan  # ordered by the key
+    if query == "_PURGE":
+        assert any("instances_by_expiry" in step for step in plan), plan
+
+
+def test_expired_rows_are_purged_by_writes_in_bounded_batches(db_path: Path) -> None:
+    store = SqliteStore(db_path, purge_interval=0)
+    try:
+        for n in range(PURGE_BATCH + 100):
+            store.register(Instance("old", "1.0", f"loc-{n}", 10, 1000.0 + 10))
+        assert len(store) == PURGE_BATCH + 100
+        store.lookup("old", None, now=5000.0)
+        assert len(store) == PURGE_BATCH + 100, "lookups only read"
+        store.register(Instance("new", "1.0", "a", 10, 5000.0 + 10))
+        assert len(store) == 100 + 1, "one write purges one batch"
+        store.deregister("new", "1.0", "nothing-here", now=5000.0)
+        assert len(store) == 1
+        assert locations(store.lookup("new", None, now=5000.0)) == ["a"]
+    finally:
+        store.close()
+
+
+def test_purging_waits_for_the_purge_interval(db_path: Path) -> None:
+    store = SqliteStore(db_path, purge_interval=3600)
+    try:
+        store.register(Instance("web", "1.0", "first", 10, 1000.0 + 10))  # purges (nothing)
+        store.register(Instance("web", "1.0", "second", 10, 5000.0 + 10))  # too soon to purge
+        assert len(store) == 2
+        assert locations(store.lookup("web", None, now=5000.0)) == ["second"]
+    finally:
+        store.close()
+
+
+def test_lookup_orders_by_code_point_not_by_locale(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        names = ["b", "B", "a", "é", "e", "z", "Z", "服", "🚀", "ﬀ", "a b", "a\x00b", "~"]
+        for name in names:
+            store.register(make(location=name))
+        assert locations(store.lookup("web", "1.0", time.time())) == sorted(names)
+    finally:
+        store.close()
+
+
+def test_text_that_is_not_valid_unicode_is_refused_as_invalid_input(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        with pytest.raises(InvalidInput, match="not valid Unicode"):
+            store.register(make(location="\ud800"))
+        assert store.register(make(location="fine")) is True
+    finally:
+        store.close()
+
+
+# -- durability, locking, failures ---------------------------------------------
+
+
+def test_registrations_survive_reopening_the_database(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    store.register(make(location="a", ttl=300))
+    store.close()
+    reopened = SqliteStore(db_path)
+    try:
+        assert locations(reopened.lookup("web", None, time.time())) == ["a"]
+        assert reopened.register(make(location="a")) is False
+    finally:
+        reopened.close()
+
+
+def test_a_write_locked_beyond_the_timeout_is_store_unavailable_then_recovers(
+    db_path: Path,
+) -> None:
+    store = SqliteStore(db_path, timeout=0.3)
+    store.register(make(location="before"))
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="database is locked") as caught:
+            store.register(make(location="during"))
+        assert 0.25 <= time.monotonic() - started < 2.0
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        # WAL: reads go on while another process holds the write lock.
+        assert locations(store.lookup("web", None, time.time())) == ["before"]
+        blocker.execute("COMMIT")
+        assert store.register(make(location="after")) is True
+        assert locations(store.lookup("web", None, time.time())) == ["after", "before"]
+    finally:
+        blocker.close()
+        store.close()
+
+
+def test_a_lost_database_directory_is_store_unavailable_then_recovers(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    store = SqliteStore(directory / "registry.db")
+    try:
+        store.register(make(location="a"))
+        store.close()  # drop open connections, as if served by a new worker thread
+        store = SqliteStore(directory / "registry.db")
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()
+        directory.write_text("the directory is now a file")
+        with pytest.raises(StoreUnavailable, match="unable to open database file"):
+            store.lookup("web", None, time.time())
+        with pytest.raises(StoreUnavailable):
+            store.register(make(location="b"))
+        directory.unlink()
+        directory.mkdir()
+        assert store.register(make(location="b")) is True
+        assert locations(store.lookup("web", None, time.time())) == ["b"]
+    finally:
+        store.close()
+
+
+def test_connections_are_per_thread_and_closed_when_their_thread_is_gone(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        store.register(make(location="main"))
+
+        def work() -> None:
+            store.lookup("web", None, time.time())
+
+        for _ in range(5):
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+        # one for this thread, one for the last thread; the finished ones were closed
+        assert len(store._connections) <= 2
+    finally:
+        store.close()
+    assert store._connections == []
+
+
+def _register_many(path: str, worker: int, count: int, results: multiprocessing.Queue) -> None:
+    store = SqliteStore(path)
+    created = [store.register(make(location=f"{n}")) for n in range(count)]
+    store.register(make(location=f"only-{worker}"))
+    store.close()
+    results.put(created)
+
+
+def test_register_is_atomic_across_processes(db_path: Path) -> None:
+    """Several processes register the same keys: each key is reported new exactly once."""
+    SqliteStore(db_path).close()
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes, count = 3, 40
+    workers = [
+        context.Process(target=_register_many, args=(str(db_path), w, count, results))
+        for w in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert [sum(outcome[n] for outcome in outcomes) for n in range(count)] == [1] * count
+    store = SqliteStore(db_path)
+    try:
+        found = locations(store.lookup("web", None, time.time()))
+        expected = [str(n) for n in range(count)] + [f"only-{w}" for w in range(processes)]
+        assert sorted(found) == sorted(expected)
+    finally:
+        store.close()

@@ -1,0 +1,98 @@
+"""The memory store is refused where several worker processes would each hold their own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from keyard.app import create_app
+from keyard.cli import main
+from keyard.errors import ConfigError
+from keyard.helpers.config import Config
+from keyard.stores.memory import MemoryStore
+from keyard.worker_processes import gunicorn_workers, refuse_memory_store_under_workers
+
+
+class FakeWorker:
+    """Stands in for gunicorn's worker: loads the app from a method, with ``self.cfg``."""
+
+    __module__ = "gunicorn.workers.fake"
+
+    def __init__(self, workers: int) -> None:
+        self.cfg = SimpleNamespace(workers=workers)
+
+    def load_wsgi(self, load: Callable[[], object]) -> object:
+        return load()
+
+
+def test_outside_gunicorn_there_is_no_worker_count() -> None:
+    assert gunicorn_workers() is None
+
+
+def test_the_worker_count_of_the_gunicorn_loading_the_app_is_found() -> None:
+    assert FakeWorker(4).load_wsgi(gunicorn_workers) == 4
+    assert FakeWorker(1).load_wsgi(lambda: [gunicorn_workers()][0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("store", "workers", "refused"),
+    [
+        ("simple", 2, True),
+        ("simple", 1, False),
+        ("simple", None, False),
+        ("sqlite", 8, False),
+        ("redis", 8, False),
+    ],
+)
+def test_only_the_memory_store_under_several_workers_is_refused(
+    store: str, workers: int | None, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match="gunicorn runs 2 worker processes"):
+            refuse_memory_store_under_workers(store, workers)
+    else:
+        refuse_memory_store_under_workers(store, workers)
+
+
+def test_create_app_refuses_the_memory_store_under_several_gunicorn_workers() -> None:
+    with pytest.raises(ConfigError, match="store_type 'simple' keeps the registry inside one"):
+        FakeWorker(3).load_wsgi(lambda: create_app({"store_type": "simple"}))
+    with pytest.raises(ConfigError, match="gunicorn runs 3 worker processes"):
+        FakeWorker(3).load_wsgi(lambda: create_app({}, store=MemoryStore()))
+    assert FakeWorker(1).load_wsgi(lambda: create_app({"store_type": "simple"})) is not None
+
+
+def test_keyard_serve_refuses_the_memory_store_under_several_workers_before_starting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from keyard import server
+
+    started: list[Config] = []
+    monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
+    monkeypatch.chdir(tmp_path)  # no ./config.json; the default sqlite file goes here
+    env = {"KEYARD_CONFIG": None, "KEYARD_STORE_TYPE": "simple"}
+    result = CliRunner().invoke(main, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 2 and started == []
+    assert "store_type 'simple' keeps the registry inside one process" in result.output
+    assert CliRunner().invoke(main, ["serve", "--workers", "1"], env=env).exit_code == 0
+    assert [config.store_type for config in started] == ["simple"]
+
+
+def test_keyard_serve_uses_sqlite_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from keyard import server
+
+    started: list[Config] = []
+    monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
+    monkeypatch.chdir(tmp_path)
+    env = {name: None for name in os.environ if name.startswith("KEYARD_")}
+    result = CliRunner().invoke(main, ["serve", "--workers", "3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert [config.store_type for config in started] == ["sqlite"]
+    assert (tmp_path / "keyard-data" / "registry.db").is_file()
