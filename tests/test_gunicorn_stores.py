@@ -21,6 +21,7 @@ import pytest
 
 from tests import gunicorn_server
 from tests.conftest import free_port, wait_until
+from tests.etcd_server import unique_base_path
 
 WORKERS = 3
 REGISTRATIONS = 60
@@ -37,6 +38,16 @@ STORE_CONFIGS: dict[str, StoreConfig] = {
             "redis": {
                 "url": request.getfixturevalue("redis_server").url,
                 "prefix": request.getfixturevalue("redis_prefix"),
+            },
+        },
+        {},
+    ),
+    "etcd": lambda request, tmp: (
+        {
+            "store_type": "etcd",
+            "etcd": {
+                "host": request.getfixturevalue("etcd_server").endpoint,
+                "base_path": unique_base_path(),
             },
         },
         {},
