@@ -20,6 +20,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "webtest>=3", "ruff", "mypy"],
+        "bench": ["matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": ["keyard=keyard.cli:main"],

@@ -26,6 +26,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Where ``keyard serve`` listens unless told otherwise.
 DEFAULT_BIND = "127.0.0.1:8000"
+#: ``keyard serve``'s gunicorn worker processes and threads per worker, unless told
+#: otherwise; chosen from the benchmarks (``bench/``, README "Performance").
+DEFAULT_WORKERS = 1
+DEFAULT_THREADS = 4
 
 
 class RegistryFailed(click.ClickException):
@@ -145,7 +149,7 @@ def main() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULT_WORKERS,
     show_default=True,
     envvar="KEYARD_WORKERS",
     show_envvar=True,
@@ -154,7 +158,7 @@ def main() -> None:
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=4,
+    default=DEFAULT_THREADS,
     show_default=True,
     envvar="KEYARD_THREADS",
     show_envvar=True,

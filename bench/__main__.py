@@ -1,0 +1,185 @@
+"""Run keyard's benchmarks: ``python -m bench [--quick] [--out DIR] [--readme FILE]``.
+
+``bash bench/run.sh`` sets up what they need first (wrk, etcd, redis-server, a venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import backends, http_load, in_process, population, report
+from keyard.cli import DEFAULT_THREADS, DEFAULT_WORKERS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each part measures: the full run, or a quick one that checks the harness."""
+
+    local_sizes: tuple[int, ...]
+    network_sizes: tuple[int, ...]
+    local_calls: int
+    network_calls: int
+    load: http_load.Load
+    http_population: int
+    memory_instances: int
+
+
+FULL = Plan(
+    local_sizes=(1_000, 10_000, 100_000, 1_000_000),
+    network_sizes=(1_000, 10_000, 100_000),
+    local_calls=5_000,
+    network_calls=1_000,
+    load=http_load.Load(seconds=5, repeats=3),
+    http_population=10_000,
+    memory_instances=100_000,
+)
+QUICK = Plan(
+    local_sizes=(100, 1_000),
+    network_sizes=(100, 1_000),
+    local_calls=100,
+    network_calls=50,
+    load=http_load.Load(seconds=1, repeats=1),
+    http_population=100,
+    memory_instances=1_000,
+)
+
+
+def serve_defaults(store: str) -> http_load.Gunicorn:
+    """What ``keyard serve`` runs for ``store``: the memory store takes one worker only."""
+    workers = 1 if store == "simple" else DEFAULT_WORKERS
+    return http_load.Gunicorn("gthread", workers, DEFAULT_THREADS)
+
+
+#: gunicorn settings compared on the default store, to choose ``keyard serve``'s defaults.
+CANDIDATES = (
+    http_load.Gunicorn("sync", 2, 1),
+    http_load.Gunicorn("gthread", 1, 4),
+    http_load.Gunicorn("gthread", 2, 4),
+    http_load.Gunicorn("gthread", 4, 4),
+)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {name: metadata.version(name) for name in ("falcon", "gunicorn")}
+    cores = os.cpu_count()
+    return {
+        "cores": cores,
+        "cpu": model,
+        "python": platform.python_version(),
+        **versions,
+        "date": datetime.date.today().isoformat(),
+        "summary": f"{cores} cores ({model}), Python {platform.python_version()}, "
+        f"falcon {versions['falcon']}, gunicorn {versions['gunicorn']}",
+    }
+
+
+def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
+    started = time.monotonic()
+
+    print(f"memory per instance ({plan.memory_instances:,} instances in the memory store)")
+    per = in_process.memory_per_instance(plan.memory_instances)
+    print(f"  {per:.0f} bytes per instance")
+    results["memory"] = {"instances": plan.memory_instances, "bytes_per_instance": per}
+
+    print("in-process cost of one request as the registry grows")
+    results["curves"] = {}
+    for store in stores:
+        local = store in ("simple", "sqlite")
+        sizes = plan.local_sizes if local else plan.network_sizes
+        calls = plan.local_calls if local else plan.network_calls
+        results["curves"][store] = in_process.curve(store, sizes, calls, workdir)
+
+    print(
+        f"HTTP load with wrk ({plan.load.connections} connections, {plan.load.seconds:g} s "
+        f"a run, median of {plan.load.repeats}; {plan.http_population:,} other instances)"
+    )
+    results["http"] = []
+    for store in stores:
+        run = http_load.measure(
+            store, serve_defaults(store), plan.load, plan.http_population, workdir
+        )
+        results["http"].append(run | {"default": True})
+    if compare and "sqlite" in stores:
+        print("gunicorn settings on the default store (sqlite)")
+        for settings in CANDIDATES:
+            if settings == serve_defaults("sqlite"):
+                continue
+            run = http_load.measure(
+                "sqlite", settings, plan.load, plan.http_population, workdir,
+                scenarios=("lookup", "heartbeat"),
+            )  # fmt: skip
+            results["http"].append(run | {"default": False})
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["population"] = {
+        "target": f"{population.TARGET} version {population.TARGET_VERSION}",
+        "target_instances": population.TARGET_INSTANCES,
+        "others_per_service": population.OTHERS_PER_SERVICE,
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and 1 s runs: checks the harness, measures little",
+    )
+    parser.add_argument(
+        "--stores", nargs="+", choices=backends.STORES, default=list(backends.STORES)
+    )
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the comparison of gunicorn settings"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "docs" / "bench",
+        help="where results.json and chart.png go [docs/bench]",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=REPO_ROOT / "README.md",
+        help="the file whose bench table is refreshed [README.md]",
+    )
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="keyard-bench-") as tmp:
+        results = run(QUICK if args.quick else FULL, args.stores, not args.no_compare, Path(tmp))
+    report.write_json(results, args.out / "results.json")
+    report.draw(results, args.out / "chart.png")
+    summary = report.table(results)
+    if not args.no_readme:
+        report.update_readme(args.readme, summary)
+    print(
+        f"\n{summary}\n\nwrote {args.out / 'results.json'} and {args.out / 'chart.png'} "
+        f"in {results['seconds']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
