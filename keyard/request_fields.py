@@ -18,6 +18,8 @@ FORM_TYPES = {"application/x-www-form-urlencoded"}
 
 def _read_body(req: falcon.Request) -> bytes:
     length = req.content_length
+    if not length and req.get_header("Transfer-Encoding") is None:
+        return b""  # no body: most GETs and DELETEs
     if length is not None and length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(
             title="Request body too large",

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One registered location of a service version.
+class Instance(NamedTuple):
+    """One registered location of a service version (immutable).
 
     ``(service_name, version, location)`` is the key; ``ttl`` is the lease in
     whole seconds and ``expires_at`` the Unix time at which the lease ends.
+    A named tuple rather than a dataclass: lookups build one per live location,
+    and a tuple is built in less than half the time of a frozen dataclass.
     """
-
-    __slots__ = ("service_name", "version", "location", "ttl", "expires_at")
 
     service_name: str
     version: str

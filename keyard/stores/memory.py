@@ -80,12 +80,11 @@ class MemoryStore(Store):
                 return []
             if version is not None:
                 locations = versions.get(version)
-                found = list(locations.values()) if locations else []
+                found = [locations[k] for k in sorted(locations)] if locations else []
             else:
-                found = [i for locations in versions.values() for i in locations.values()]
-        live = [i for i in found if i.expires_at > now]
-        live.sort(key=lambda i: (i.version, i.location))
-        return live
+                found = [versions[v][k] for v in sorted(versions) for k in sorted(versions[v])]
+        # Purged above, so all are live unless one expires at exactly ``now``.
+        return [i for i in found if i.expires_at > now]
 
     def __len__(self) -> int:
         """The number of records held, expired ones not yet purged included."""

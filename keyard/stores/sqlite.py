@@ -148,7 +148,7 @@ class SqliteStore(Store):
                 rows = db.execute(_LOOKUP_SERVICE, (service_name, now)).fetchall()
             else:
                 rows = db.execute(_LOOKUP_VERSION, (service_name, version, now)).fetchall()
-        return [Instance(*row) for row in rows]
+        return list(map(Instance._make, rows))
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""
