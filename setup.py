@@ -15,7 +15,7 @@ setup(
         "falcon>=4,<5",
         "gunicorn>=22",
         "python-etcd>=0.4.5",
-        "redis>=5",
+        "redis[hiredis]>=5",
         "click>=8.1",
     ],
     extras_require={

@@ -89,6 +89,19 @@ return 0
 """
 )
 
+# ARGV: now. Returns member, expires_at, ttl for each live member, flat, in one
+# command (one round trip); scores stay strings, as Lua would round numbers.
+_LOOKUP_LUA = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local found = {}
+for i = 1, #live, 2 do
+    found[#found + 1] = live[i]
+    found[#found + 1] = live[i + 1]
+    found[#found + 1] = redis.call('HGET', KEYS[2], live[i])
+end
+return found
+"""
+
 
 def _member(version: str, location: str) -> str:
     # ASCII-only JSON: any string, lone surrogates included, round-trips exactly.
@@ -128,6 +141,7 @@ class RedisStore(Store):
         self.where = where
         self._register = client.register_script(_REGISTER_LUA)
         self._deregister = client.register_script(_DEREGISTER_LUA)
+        self._lookup = client.register_script(_LOOKUP_LUA)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RedisStore:
@@ -222,20 +236,18 @@ class RedisStore(Store):
         return bool(removed)
 
     def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
-        expiry_key, ttl_key = self._keys(service_name)
         with self._translated_failures():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrangebyscore(expiry_key, f"({_score(now)}", "+inf", withscores=True)
-            pipe.hgetall(ttl_key)
-            live, ttls = pipe.execute()
+            flat = self._lookup(keys=self._keys(service_name), args=[_score(now)])
         found = []
-        for member, expires_at in live:
-            ttl = ttls.get(member)
+        for n in range(0, len(flat), 3):
+            member, expires_at, ttl = flat[n : n + 3]
             if ttl is None:
                 continue  # cannot happen: both keys change together, in one script
             member_version, location = json.loads(member)
             if version is None or member_version == version:
-                found.append(Instance(service_name, member_version, location, int(ttl), expires_at))
+                found.append(
+                    Instance(service_name, member_version, location, int(ttl), float(expires_at))
+                )
         found.sort(key=lambda i: (i.version, i.location))
         return found
 
