@@ -178,6 +178,11 @@ def test_an_unreachable_registry_exits_1() -> None:
             "must be shorter than the ttl",
         ),
         (["frobnicate"], "No such command 'frobnicate'"),
+        (["serve", "--bind", "127.0.0.1:99999"], "'--bind'"),
+        (["serve", "--bind", "127.0.0.1:abc"], "'--bind'"),
+        (["serve", "--bind", ""], "'--bind'"),
+        (["serve", "--bind", "8000"], "'--bind'"),
+        (["serve", "--bind", "::1:8000"], "'--bind'"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
