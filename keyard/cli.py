@@ -60,6 +60,25 @@ def _client(url: str, timeout: float) -> KeyardClient:
         raise click.BadParameter(str(exc), param_hint="'--url'") from exc
 
 
+def _bind_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Check --bind before gunicorn sees it: gunicorn's own check of a bad port is a
+    traceback (port 99999) or an exit code 1 ('abc'), and an empty value binds its default."""
+    if value.startswith(("unix:", "fd://")):
+        return value
+    host, _, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        not host
+        or (":" in host and not bracketed)
+        or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+    ):
+        raise click.BadParameter(
+            f"expected HOST:PORT with a port from 1 to 65535 (127.0.0.1:8000, [::1]:8000) "
+            f"or unix:PATH, got {value!r}"
+        )
+    return value
+
+
 def _registry_options(command: F) -> F:
     command = click.option(
         "--timeout",
@@ -141,6 +160,7 @@ def main() -> None:
 @click.option(
     "--bind",
     default=DEFAULT_BIND,
+    callback=_bind_address,
     show_default=True,
     envvar="KEYARD_BIND",
     show_envvar=True,

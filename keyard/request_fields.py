@@ -6,6 +6,7 @@ This is HTTP plumbing only; what the fields mean is the registry's business.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 import falcon
@@ -25,7 +26,18 @@ def _read_body(req: falcon.Request) -> bytes:
             title="Request body too large",
             description=f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}",
         )
-    body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if length is None and req.get_header("Transfer-Encoding"):
+        # A chunked body has no Content-Length, and falcon's bounded_stream would
+        # read nothing of it. The raw stream is safe to read only when the server
+        # ends it with the body (gunicorn does, PEP 3333's wsgi.input_terminated).
+        if not req.env.get("wsgi.input_terminated"):
+            raise falcon.HTTPLengthRequired(
+                title="Length required",
+                description="this server needs a Content-Length header with a request body",
+            )
+        body = req.stream.read(MAX_BODY_BYTES + 1)
+    else:
+        body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(
             title="Request body too large",
@@ -34,11 +46,58 @@ def _read_body(req: falcon.Request) -> bytes:
     return body
 
 
+def _decode_pairs(pairs: list[tuple[str, str]], where: str) -> list[tuple[str, str]]:
+    """Bytes held as latin-1 text (raw or percent-decoded) to text.
+
+    Bytes that are not UTF-8 are an error, never a silent U+FFFD.
+    """
+    decoded = []
+    for name, value in pairs:
+        try:
+            text_name = name.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise falcon.HTTPBadRequest(
+                title="Invalid input",
+                description=f"a field name in {where} is not valid UTF-8: "
+                f"{name.encode('latin-1')[:40]!r}",
+            ) from exc
+        try:
+            text_value = value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise falcon.HTTPBadRequest(
+                title="Invalid input",
+                description=f"{text_name[:40]} in {where} is not valid UTF-8 "
+                f"(after percent-decoding): {value.encode('latin-1')[:40]!r}",
+            ) from exc
+        decoded.append((text_name, text_value))
+    return decoded
+
+
+def _url_encoded_pairs(text: str, where: str) -> list[tuple[str, str]]:
+    """Name-value pairs of a query string or form (``+`` is a space); blank values kept.
+
+    ``text`` holds the raw bytes as latin-1, as WSGI's ``QUERY_STRING`` does.
+    """
+    raw = parse_qsl(text, keep_blank_values=True, encoding="latin-1", errors="strict")
+    return _decode_pairs(raw, where)
+
+
+def _unique_fields(pairs: Iterable[tuple[str, object]]) -> dict[str, object]:
+    fields: dict[str, object] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise falcon.HTTPBadRequest(
+                title="Invalid input", description=f"{name} is given more than once"
+            )
+        fields[name] = value
+    return fields
+
+
 def _parse_body(req: falcon.Request, body: bytes) -> dict[str, object]:
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type in JSON_TYPES:
         try:
-            data = json.loads(body)
+            data = json.loads(body, object_pairs_hook=_unique_fields)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise falcon.HTTPBadRequest(
                 title="Malformed JSON", description=f"the body is not valid JSON: {exc}"
@@ -50,38 +109,23 @@ def _parse_body(req: falcon.Request, body: bytes) -> dict[str, object]:
             )
         return data
     if media_type in FORM_TYPES:
-        try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError as exc:
-            raise falcon.HTTPBadRequest(
-                title="Malformed form", description=f"the body is not valid UTF-8: {exc}"
-            ) from exc
-        fields: dict[str, object] = {}
-        for name, value in pairs:
-            if name in fields:
-                raise falcon.HTTPBadRequest(
-                    title="Invalid input", description=f"{name} is given more than once"
-                )
-            fields[name] = value
-        return fields
+        # latin-1 maps each byte to one character; _decode_pairs then insists on UTF-8.
+        return _unique_fields(_url_encoded_pairs(body.decode("latin-1"), "the form body"))
+    given = (
+        f"Content-Type {req.content_type!r} is not supported"
+        if req.content_type
+        else "the body has no Content-Type"
+    )
     raise falcon.HTTPUnsupportedMediaType(
         title="Unsupported content type",
-        description=(
-            f"Content-Type {req.content_type!r} is not supported; send "
-            "application/json or application/x-www-form-urlencoded"
-        ),
+        description=f"{given}; send application/json or application/x-www-form-urlencoded",
     )
 
 
 def read_fields(req: falcon.Request) -> dict[str, object]:
     """The request's fields from its query string and body (JSON object or form)."""
-    fields: dict[str, object] = {}
-    for name, value in req.params.items():
-        if isinstance(value, list):
-            raise falcon.HTTPBadRequest(
-                title="Invalid input", description=f"{name} is given more than once"
-            )
-        fields[name] = value
+    # Not req.params: falcon turns bytes that are not UTF-8 (%ff) into U+FFFD.
+    fields = _unique_fields(_url_encoded_pairs(req.query_string, "the query string"))
     body = _read_body(req)
     if body.strip():
         for key, field in _parse_body(req, body).items():

@@ -19,8 +19,9 @@ from keyard.helpers.config import Config
 from keyard.stores import create_store
 from keyard.worker_processes import refuse_memory_store_under_workers
 
-#: gunicorn's worker class for keyard: threads, so a slow store call blocks one request only.
-WORKER_CLASS = "gthread"
+#: gunicorn's worker class for keyard: gthread (threads, so a slow store call blocks one
+#: request only), answering the requests gunicorn itself refuses in JSON.
+WORKER_CLASS = "keyard.gunicorn_worker.JsonErrorThreadWorker"
 
 
 class KeyardServer(BaseApplication):

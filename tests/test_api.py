@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import falcon
+import falcon.testing
 import pytest
 import webtest
 
@@ -397,3 +399,94 @@ def test_unknown_path_is_404_json(api: webtest.TestApp) -> None:
 
 def test_unsupported_method_is_405_json(api: webtest.TestApp) -> None:
     assert_error(api.patch("/keyard", status=405), "PATCH", "GET")
+
+
+# -- request encoding edge cases ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["/keyard?service_name=web&location=%ff", "/keyard?service_name=w%c3&location=a"]
+)
+def test_query_string_bytes_that_are_not_utf8_are_400_never_replaced(
+    api: webtest.TestApp, url: str
+) -> None:
+    assert_error(api.post(url, status=400), "not valid UTF-8", "query string")
+    assert api.get("/keyard?service_name=web").json == {"result": []}
+    assert_error(api.get("/keyard?service_name=%ff", status=400), "service_name", "UTF-8")
+    assert_error(api.get("/keyard?service_name=web&%fe=1", status=400), "field name", "UTF-8")
+
+
+def test_percent_encoded_form_bytes_that_are_not_utf8_are_400_never_replaced(
+    api: webtest.TestApp,
+) -> None:
+    response = api.post(
+        "/keyard",
+        "service_name=web&location=%ff%fe",
+        content_type="application/x-www-form-urlencoded",
+        status=400,
+    )
+    assert_error(response, "location", "form body", "not valid UTF-8")
+    assert lookup(api) == []
+
+
+def test_form_values_raw_or_percent_encoded_utf8_come_back_unchanged(api: webtest.TestApp) -> None:
+    body = "service_name=web&location=http://h/é☃?q=%E2%98%83%26x+y%2By".encode()
+    response = api.post(
+        "/keyard", body, content_type="application/x-www-form-urlencoded", status=201
+    )
+    assert response.json["location"] == "http://h/é☃?q=☃&x y+y"
+    assert lookup(api) == ["http://h/é☃?q=☃&x y+y"]
+    assert lookup(api, version="1.0") == ["http://h/é☃?q=☃&x y+y"]
+
+
+def test_json_object_with_a_repeated_key_is_400(api: webtest.TestApp) -> None:
+    body = '{"service_name": "web", "location": "a", "location": "b"}'
+    response = api.post("/keyard", body, content_type="application/json", status=400)
+    assert_error(response, "location is given more than once")
+    assert lookup(api) == []
+
+
+def test_body_without_content_type_is_415_saying_so(api: webtest.TestApp) -> None:
+    response = api.post("/keyard", "service_name=web&location=a", content_type="", status=415)
+    assert_error(response, "no Content-Type", "application/json")
+
+
+def call_without_content_length(
+    app: falcon.App, body: bytes, *, input_terminated: bool
+) -> tuple[str, dict]:
+    """POST ``body`` chunked, as gunicorn hands it over: no CONTENT_LENGTH."""
+    environ = falcon.testing.create_environ(
+        method="POST",
+        path="/keyard",
+        body=body,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = input_terminated
+    start_response = falcon.testing.StartResponseMock()
+    answer = b"".join(app(environ, start_response))
+    return start_response.status, json.loads(answer)
+
+
+def test_chunked_body_without_content_length_is_read() -> None:
+    app = create_app({}, store=MemoryStore())
+    body = json.dumps({"service_name": "web", "location": LOCATION}).encode()
+    status, answer = call_without_content_length(app, body, input_terminated=True)
+    assert status == "201 Created", answer
+    assert answer["location"] == LOCATION
+
+
+def test_chunked_body_over_the_limit_is_413() -> None:
+    app = create_app({}, store=MemoryStore())
+    body = json.dumps({"service_name": "web", "location": "x" * MAX_BODY_BYTES}).encode()
+    status, answer = call_without_content_length(app, body, input_terminated=True)
+    assert status.startswith("413"), answer
+    assert str(MAX_BODY_BYTES) in answer["description"]
+
+
+def test_chunked_body_on_a_server_that_does_not_end_the_stream_is_411() -> None:
+    app = create_app({}, store=MemoryStore())
+    body = json.dumps({"service_name": "web", "location": LOCATION}).encode()
+    status, answer = call_without_content_length(app, body, input_terminated=False)
+    assert status.startswith("411"), answer
+    assert "Content-Length" in answer["description"]

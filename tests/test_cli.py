@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +180,11 @@ def test_an_unreachable_registry_exits_1() -> None:
             "must be shorter than the ttl",
         ),
         (["frobnicate"], "No such command 'frobnicate'"),
+        (["serve", "--bind", "127.0.0.1:99999"], "'--bind'"),
+        (["serve", "--bind", "127.0.0.1:abc"], "'--bind'"),
+        (["serve", "--bind", ""], "'--bind'"),
+        (["serve", "--bind", "8000"], "'--bind'"),
+        (["serve", "--bind", "::1:8000"], "'--bind'"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
@@ -285,6 +292,38 @@ def test_register_refresh_every_exits_1_when_the_registry_is_down_at_start() -> 
     assert stderr.count("\n") == 1
 
 
+#: Requests gunicorn refuses before keyard's app sees them, and the status it answers.
+GUNICORN_REFUSES = {
+    b"GET /keyard?service_name=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n": 414,
+    b"GET /keyard?service_name=a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n": 431,
+    "GET /keyard?service_name=é HTTP/1.1\r\nHost: x\r\n\r\n".encode(): 400,
+    b"POST /keyard HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n": 400,
+}
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    """Send ``request`` as is and read the answer until the server closes (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        for _ in range(100):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def chunked_post(port: int, body: bytes) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/keyard", body=iter([body]), headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def registry_answers(client: KeyardClient) -> bool:
     try:
         return client.lookup("web") == []
@@ -302,11 +341,19 @@ def test_serve_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
         wait_until(lambda: registry_answers(client), 15, "keyard serve answering")
         assert client.register("web", "a").ttl == 7  # the config file's default_ttl
         assert client.lookup("web") == ["a"]
+        for request, status in GUNICORN_REFUSES.items():
+            answer = raw_http(port, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
+            assert b"content-type: application/json" in head.lower(), answer[:300]
+            assert set(json.loads(body)) == {"title", "description"}
+        assert chunked_post(port, b"service_name=web&location=b") == 201
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
     finally:
         process.kill()
         process.communicate()
     assert process.returncode == 0, stderr
-    assert "Using worker: gthread" in stderr
+    assert "Using worker: keyard.gunicorn_worker.JsonErrorThreadWorker" in stderr
+    assert "Traceback" not in stderr, stderr
     assert f"keyard ready: store simple (config file {str(config)!r})" in stderr

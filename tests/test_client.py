@@ -201,7 +201,26 @@ def test_a_5xx_without_json_raises_registry_unavailable_naming_the_status() -> N
             client.register("web", "a")
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://host", "http://", "http://h/?q=1"])
+def test_a_4xx_without_json_is_not_mistaken_for_a_registry_answer() -> None:
+    with serve_in_thread(_plain_app("404 Not Found", b"<html>no</html>")) as server:
+        client = KeyardClient(server.url)
+        with pytest.raises(UnexpectedResponse, match="answered HTTP 404 Not Found"):
+            client.deregister("web", "a")
+        with pytest.raises(UnexpectedResponse, match="is it a registry"):
+            client.choose("web")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8000",
+        "ftp://host",
+        "http://",
+        "http://h/?q=1",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+    ],
+)
 def test_a_url_that_is_not_http_is_refused_at_once(url: str) -> None:
     with pytest.raises(ValueError, match="registry URL"):
         KeyardClient(url)

@@ -11,6 +11,7 @@ import webtest
 from keyard import app as app_module
 from keyard.errors import ConfigError
 from keyard.helpers import config
+from keyard.helpers.config import TTL_LIMIT
 from keyard.stores.memory import MemoryStore
 
 
@@ -101,6 +102,12 @@ def test_create_app_applies_the_ttl_bounds() -> None:
     assert "between 10 and 20" in response.json["description"]
 
 
+def test_the_largest_configurable_ttl_registers_and_shows_its_expiry() -> None:
+    api = webtest.TestApp(app_module.create_app({"store_type": "simple", "max_ttl": TTL_LIMIT}))
+    fields = {"service_name": "w", "location": "a", "ttl": str(TTL_LIMIT)}
+    assert api.post("/keyard", fields, status=201).json["ttl"] == TTL_LIMIT
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [
@@ -109,6 +116,7 @@ def test_create_app_applies_the_ttl_bounds() -> None:
         ({"default_ttl": "30"}, ["default_ttl", "'30'"]),
         ({"min_ttl": 0}, ["min_ttl", "0"]),
         ({"max_ttl": True}, ["max_ttl", "True"]),
+        ({"max_ttl": 10**30}, ["max_ttl", str(10**30), "ten years"]),
         ({"min_ttl": 100, "max_ttl": 10}, ["min_ttl (100)", "max_ttl (10)"]),
         ({"default_ttl": 5, "min_ttl": 10}, ["default_ttl (5)", "min_ttl (10)"]),
         ({"defualt_ttl": 30}, ["'defualt_ttl'"]),

@@ -63,6 +63,10 @@ class KeyardClient:
             raise ValueError(f"the registry URL must look like http://host:port, got {base_url!r}")
         if parts.query or parts.fragment:
             raise ValueError(f"the registry URL must not have a query or fragment: {base_url!r}")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+        except ValueError as exc:
+            raise ValueError(f"the registry URL has a bad port ({exc}): {base_url!r}") from exc
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.base_url = base_url.rstrip("/")
@@ -233,6 +237,10 @@ class KeyardClient:
             body = None
         if isinstance(body, dict) and (body.get("description") or body.get("title")):
             message = str(body.get("description") or body.get("title"))
+        elif 400 <= status < 500:
+            # keyard answers every 4xx in JSON: this server is something else (a wrong
+            # URL or port), not a registry saying "no such instance" or "bad field".
+            return UnexpectedResponse(f"{message} without keyard's JSON error; is it a registry?")
         if status == 404:
             return NotFound(message)
         if 400 <= status < 500:

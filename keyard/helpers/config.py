@@ -33,6 +33,9 @@ from keyard.errors import ConfigError
 DEFAULT_FILE = "config.json"
 ENV_PREFIX = "KEYARD_"
 _TTL_KEYS = ("default_ttl", "min_ttl", "max_ttl")
+#: The largest TTL a configuration may allow: ten years. Far beyond it, an expiry
+#: time no longer fits a date (year 9999) and registering would fail.
+TTL_LIMIT = 10 * 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,10 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> Config:
                 raise ConfigError(f"{source}: store_type must be a non-empty string, got {value!r}")
             values[key] = value
         elif key in _TTL_KEYS:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TTL_LIMIT:
                 raise ConfigError(
-                    f"{source}: {key} must be a whole number of seconds >= 1, got {value!r}"
+                    f"{source}: {key} must be a whole number of seconds from 1 to "
+                    f"{TTL_LIMIT} (ten years), got {value!r}"
                 )
             values[key] = value
         elif isinstance(value, Mapping):
