@@ -53,6 +53,7 @@ tiny = tinystore:TinyStore
 notastore = tinystore:NotAStore
 missingmodule = tinystore_is_not_here:TinyStore
 missingclass = tinystore:NoSuchClass
+brokenmodule = tinystore_broken:TinyStore
 sqlite = tinystore:TinyStore
 """
 
@@ -66,9 +67,11 @@ def tinystore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinystore\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS).lstrip())
     (site / "tinystore.py").write_text(TINYSTORE)
+    (site / "tinystore_broken.py").write_text("raise RuntimeError('needs a consul agent')\n")
     monkeypatch.syspath_prepend(str(site))
     yield site
     sys.modules.pop("tinystore", None)
+    sys.modules.pop("tinystore_broken", None)
 
 
 def test_an_entry_point_store_is_listed_and_built_with_its_options(tinystore: Path) -> None:
@@ -103,6 +106,11 @@ def test_broken_entry_points_are_config_errors(tinystore: Path) -> None:
         create_store("missingmodule")
     with pytest.raises(ConfigError, match="'missingclass' could not be imported"):
         create_store("missingclass")
+    with pytest.raises(
+        ConfigError,
+        match="'brokenmodule' could not be imported: RuntimeError: needs a consul agent",
+    ):
+        create_store("brokenmodule")
 
 
 def test_an_entry_point_cannot_replace_a_built_in_store(tinystore: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -71,6 +73,11 @@ def test_defaults() -> None:
         ({"url": "http://x"}, "option url must start with redis://, rediss:// or unix://"),
         ({"url": "redis://h", "port": 1}, "give either option url or port, not both"),
         ({"url": 5}, "option url must start with redis://"),
+        ({"url": "redis://[::1"}, "is invalid: Invalid IPv6 URL"),
+        ({"url": "redis://h/abc"}, "the path must be a database number"),
+        ({"url": "redis://h:0/0"}, "the port must be 1 to 65535"),
+        ({"url": "redis://:6379/0"}, "names no host"),
+        ({"url": "unix://"}, "names no socket"),
         ({"port": "6379"}, "option port must be a whole number, got '6379'"),
         ({"port": 70000}, "option port must be between 1 and 65535, got 70000"),
         ({"db": -1}, "option db must be between 0 and 2147483647, got -1"),
@@ -258,3 +265,40 @@ def test_configured_from_environment_variables(
         assert store.register(make()) is True
     finally:
         store.close()
+
+
+def test_a_server_that_does_not_speak_redis_is_store_unavailable(redis_prefix: str) -> None:
+    """Pointed at an HTTP server by mistake: StoreUnavailable saying so, never a crash."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        stop = threading.Event()
+
+        def answer_like_http() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_like_http, daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        store = create_store(
+            "redis", {"url": f"redis://127.0.0.1:{port}/0", "prefix": redis_prefix, "timeout": 1}
+        )
+        try:
+            for call in (
+                lambda: store.lookup("web", None, time.time()),
+                lambda: store.register(make()),
+                lambda: store.get("web", "1.0", "x", time.time()),
+                lambda: store.deregister("web", "1.0", "x", time.time()),
+            ):
+                with pytest.raises(StoreUnavailable, match="did not answer as a Redis server"):
+                    call()
+        finally:
+            stop.set()
+            store.close()
+    thread.join(timeout=5)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -258,6 +262,109 @@ def test_a_lost_database_directory_is_store_unavailable_then_recovers(tmp_path: 
         assert locations(store.lookup("web", None, time.time())) == ["b"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how", ["directory removed", "file removed", "file replaced"])
+def test_a_database_deleted_or_replaced_while_in_use_is_store_unavailable_never_a_silent_loss(
+    tmp_path: Path, how: str
+) -> None:
+    """Open connections would go on writing to the deleted file, answering 200 for writes that
+    vanish with it: every call answers StoreUnavailable saying to restart instead."""
+    directory = tmp_path / "data"
+    path = directory / "registry.db"
+    store = SqliteStore(path)
+    errors: list[BaseException] = []
+    try:
+        store.register(make(location="before"))
+
+        def in_another_thread() -> None:
+            try:
+                store.register(make(location="thread"))
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        worker = threading.Thread(target=in_another_thread)
+        worker.start()
+        worker.join(timeout=30)
+        assert errors == []
+        if how == "directory removed":
+            shutil.rmtree(directory)
+        elif how == "file removed":
+            path.unlink()
+        else:
+            replacement = SqliteStore(tmp_path / "new.db")
+            replacement.register(make(location="new"))
+            replacement.close()
+            os.replace(tmp_path / "new.db", path)
+        for call in (
+            lambda: store.register(make(location="after")),
+            lambda: store.lookup("web", None, time.time()),
+            lambda: store.get("web", "1.0", "before", time.time()),
+            lambda: store.deregister("web", "1.0", "before", time.time()),
+        ):
+            with pytest.raises(StoreUnavailable, match="deleted or replaced .* restart keyard"):
+                call()
+        # Every thread, not only those that found out.
+        worker = threading.Thread(target=in_another_thread)
+        worker.start()
+        worker.join(timeout=30)
+        assert len(errors) == 1 and isinstance(errors[0], StoreUnavailable)
+    finally:
+        store.close()
+    restarted = SqliteStore(path)  # a restart serves again, on the file now at the path
+    try:
+        assert restarted.register(make(location="after")) is True
+    finally:
+        restarted.close()
+
+
+_OPEN_STORE = """
+import sys
+from keyard.errors import ConfigError
+from keyard.stores.sqlite import SqliteStore
+try:
+    SqliteStore(sys.argv[1]).close()
+except ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_read_only_database_file_fails_at_creation(tmp_path: Path) -> None:
+    """A read-only file opens and reads fine; keyard refuses it at start-up, not at each write."""
+    path = tmp_path / "registry.db"
+    SqliteStore(path).close()
+    path.chmod(0o444)
+    command = [sys.executable, "-c", _OPEN_STORE, str(path)]
+    if os.geteuid() == 0:  # root writes to read-only files, unless it drops CAP_DAC_OVERRIDE
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE with")
+        drop = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        path.chmod(0o644)
+    assert done.returncode == 3, done.stderr
+    assert "cannot hold a database: attempt to write a readonly database" in done.stdout
+
+
+def test_a_busy_database_does_not_fail_creation(db_path: Path) -> None:
+    SqliteStore(db_path).close()
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        SqliteStore(db_path, timeout=0.1).close()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_a_path_with_a_nul_character_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot hold a database"):
+        create_store("sqlite", {"path": "data/reg\x00istry.db"})
 
 
 def test_connections_are_per_thread_and_closed_when_their_thread_is_gone(db_path: Path) -> None:

@@ -77,8 +77,12 @@ def store_class(name: str) -> type[Store]:
     """The Store subclass registered as ``name``; ConfigError listing the names if unknown."""
     try:
         return _load(name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"store_type {name!r} could not be imported: {exc}") from exc
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of another package's module
+        raise ConfigError(
+            f"store_type {name!r} could not be imported: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def create_store(name: str, options: Mapping[str, Any] | None = None) -> Store:

@@ -125,6 +125,40 @@ def _redacted(url: str) -> str:
         return "<unparsable url>"
 
 
+def _check_url(url: str, shown: str) -> None:
+    """ConfigError unless ``url`` is a Redis URL that redis-py reads as written.
+
+    redis-py takes ``redis://host/abc`` as database 0 and ``redis://host:0`` as
+    port 0; refuse those rather than talk to another database than meant.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"redis store: option url {shown!r} is invalid: {exc}") from exc
+    if parts.scheme not in _URL_SCHEMES:
+        raise ConfigError(
+            f"redis store: option url must start with redis://, rediss:// or unix://, "
+            f"got {shown!r}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(
+                f"redis store: option url {shown!r} names no socket (unix:///path/redis.sock)"
+            )
+        return
+    if not parts.hostname:
+        raise ConfigError(f"redis store: option url {shown!r} names no host")
+    if port == 0:
+        raise ConfigError(f"redis store: option url {shown!r}: the port must be 1 to 65535")
+    database = parts.path.lstrip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ConfigError(
+            f"redis store: option url {shown!r}: the path must be a database number "
+            f"(redis://host:6379/0), got {parts.path!r}"
+        )
+
+
 class RedisStore(Store):
     """Instances in Redis: a sorted set by expiry and a hash of TTLs per service."""
 
@@ -168,11 +202,7 @@ class RedisStore(Store):
                 )
             url = opt.text("redis", "url", options["url"])
             shown = _redacted(url)
-            if urllib.parse.urlsplit(url).scheme not in _URL_SCHEMES:
-                raise ConfigError(
-                    f"redis store: option url must start with redis://, rediss:// or unix://, "
-                    f"got {shown!r}"
-                )
+            _check_url(url, shown)
             try:
                 client = redis.Redis.from_url(url, **common)
             except ValueError as exc:
@@ -264,3 +294,8 @@ class RedisStore(Store):
             raise StoreUnavailable(f"{self.where} cannot be reached: {exc}") from exc
         except redis.exceptions.ResponseError as exc:  # NOAUTH, OOM, READONLY, MISCONF...
             raise StoreUnavailable(f"{self.where} refused the command: {exc}") from exc
+        except redis.exceptions.RedisError as exc:  # e.g. not a Redis server at all
+            raise StoreUnavailable(
+                f"{self.where} did not answer as a Redis server does: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc

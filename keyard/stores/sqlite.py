@@ -11,6 +11,7 @@ which network file systems do not give.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from typing import Any
 from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
 from keyard.stores import options as opt
 from keyard.stores.base import Instance, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "./keyard-data/registry.db"
 DEFAULT_TIMEOUT = 5.0
@@ -51,6 +54,9 @@ _OLD_EXPIRY = """SELECT expires_at FROM instances
     WHERE service_name = ? AND version = ? AND location = ?"""
 _UPSERT = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM instances WHERE service_name = ? AND version = ? AND location = ?"
+# Proves at start-up that the file can be written to (a read-only file opens and reads
+# fine); always rolled back. The empty key is one the registry never stores.
+_WRITE_PROBE = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ('', '', '', 0, 0)"
 # Bounded: at most PURGE_BATCH expired rows per write, found through the expiry index.
 _PURGE = """DELETE FROM instances WHERE (service_name, version, location) IN (
     SELECT service_name, version, location FROM instances WHERE expires_at <= ? LIMIT ?)"""
@@ -91,13 +97,24 @@ class SqliteStore(Store):
         # Every open connection, with the process and thread that opened it. Kept
         # referenced so that one inherited through fork() is never closed by the
         # child; the connections of finished threads are closed when a new one opens.
-        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
+        self._connections: list[
+            tuple[int, threading.Thread, sqlite3.Connection, tuple[int, int]]
+        ] = []
+        # Connections to a file that another database has replaced: never closed.
+        self._kept_open: list[sqlite3.Connection] = []
+        # The process that found its database file deleted or replaced, if any.
+        self._lost_in_pid: int | None = None
         self._next_purge = 0.0
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._open().close()  # create the file and schema now, so a bad path fails here
-        except (OSError, sqlite3.Error) as exc:
+            # Create the file and schema now, and try a write, so a bad path fails here.
+            connection, _ = self._open()
+            try:
+                self._probe_writable(connection)
+            finally:
+                connection.close()
+        except (OSError, ValueError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"sqlite store: option path {str(path)!r} cannot hold a database: {exc}"
             ) from exc
@@ -155,11 +172,10 @@ class SqliteStore(Store):
         pid = os.getpid()
         with self._connections_lock:
             self._closed = True
-            ours = [entry[2] for entry in self._connections if entry[0] == pid]
+            ours = [entry for entry in self._connections if entry[0] == pid]
             self._connections = [entry for entry in self._connections if entry[0] != pid]
-        for connection in ours:
-            with contextlib.suppress(sqlite3.Error):
-                connection.close()
+        for _, _, connection, identity in ours:
+            self._close_connection(connection, identity)
 
     def __len__(self) -> int:
         """The number of rows held, expired ones not yet purged included."""
@@ -168,7 +184,8 @@ class SqliteStore(Store):
 
     # -- connections, transactions, errors -------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """A new connection, and the identity (device, inode) of the file it opened."""
         # isolation_level=None: no implicit transactions; we BEGIN ourselves.
         # check_same_thread=False only so that close() may close it from another
         # thread; each connection is otherwise used by the thread that opened it.
@@ -179,33 +196,92 @@ class SqliteStore(Store):
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_SCHEMA)
+            identity = self._file_identity()
         except BaseException:
             connection.close()
             raise
-        return connection
+        return connection, identity
+
+    def _file_identity(self) -> tuple[int, int]:
+        status = os.stat(self.path)
+        return status.st_dev, status.st_ino
+
+    @staticmethod
+    def _probe_writable(connection: sqlite3.Connection) -> None:
+        """Raise the sqlite3 error a write would meet; a busy database is not one."""
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return  # another process is writing: so writing works
+            raise
+        try:
+            connection.execute(_WRITE_PROBE)
+        finally:
+            connection.execute("ROLLBACK")
+
+    def _path_identity(self) -> tuple[int, int] | None:
+        """The identity of the file now at ``path``; None when there is none."""
+        try:
+            return self._file_identity()
+        except OSError:
+            return None
+
+    def _check_file_kept(self, identity: tuple[int, int]) -> None:
+        """StoreUnavailable, from now on, once ``path`` is not the file opened as ``identity``.
+
+        A connection keeps using a file that was deleted or replaced under it:
+        its writes would answer 200 and vanish with the file. Nor can it move to
+        the new file: closing it would make SQLite delete the new database's
+        ``-wal`` and ``-shm`` files by name, under the processes using them.
+        """
+        if self._lost_in_pid != os.getpid() and self._path_identity() != identity:
+            self._lost_in_pid = os.getpid()
+            log.error("%s", self._lost_message)
+        if self._lost_in_pid == os.getpid():
+            raise StoreUnavailable(self._lost_message)
+
+    @property
+    def _lost_message(self) -> str:
+        return (
+            f"sqlite store: the database file {str(self.path)!r} was deleted or replaced "
+            "while keyard was running, and writes to it would be lost; restart keyard "
+            "(services register again at their next health check)"
+        )
+
+    def _close_connection(self, connection: sqlite3.Connection, identity: tuple[int, int]) -> None:
+        """Close a connection, unless another database has replaced its file (see above)."""
+        if self._path_identity() not in (identity, None):
+            self._kept_open.append(connection)
+            return
+        with contextlib.suppress(sqlite3.Error):
+            connection.close()
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again after a fork or failure)."""
         local = self._local
+        pid = os.getpid()
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and local.pid == os.getpid():
+        if connection is not None and local.pid == pid:
+            self._check_file_kept(local.identity)
             return connection
         # Else there is none yet, or it was inherited through fork(): a connection
         # must never cross a fork, so leave that one alone and open our own.
         if self._closed:
             raise StoreUnavailable("sqlite store: the store has been closed")
-        connection = self._open()
-        pid, finished = os.getpid(), []
+        if self._lost_in_pid == pid:
+            raise StoreUnavailable(self._lost_message)
+        connection, identity = self._open()
+        finished = []
         with self._connections_lock:
             for entry in list(self._connections):
                 if entry[0] == pid and not entry[1].is_alive():
                     self._connections.remove(entry)
-                    finished.append(entry[2])
-            self._connections.append((pid, threading.current_thread(), connection))
-        for old in finished:
-            with contextlib.suppress(sqlite3.Error):
-                old.close()
-        local.connection, local.pid = connection, pid
+                    finished.append(entry)
+            self._connections.append((pid, threading.current_thread(), connection, identity))
+        for _, _, old, old_identity in finished:
+            self._close_connection(old, old_identity)
+        local.connection, local.pid, local.identity = connection, pid, identity
         return connection
 
     def _discard_connection(self) -> None:
@@ -216,8 +292,7 @@ class SqliteStore(Store):
         self._local.connection = None
         with self._connections_lock:
             self._connections = [entry for entry in self._connections if entry[2] is not connection]
-        with contextlib.suppress(sqlite3.Error):
-            connection.close()
+        self._close_connection(connection, self._local.identity)
 
     @contextlib.contextmanager
     def _translated_failures(self) -> Iterator[None]:
@@ -229,7 +304,7 @@ class SqliteStore(Store):
             ) from exc
         except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError):
             raise
-        except sqlite3.DatabaseError as exc:  # locked past the timeout, unwritable, corrupt...
+        except (sqlite3.DatabaseError, OSError) as exc:  # locked past the timeout, unwritable...
             self._discard_connection()
             raise StoreUnavailable(f"sqlite store at {str(self.path)!r}: {exc}") from exc
 
