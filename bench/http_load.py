@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from bench import backends, population
+from keyard.server import WORKER_CLASS
 from tests import gunicorn_server
 from tests.conftest import free_port
 
@@ -46,7 +47,10 @@ class Gunicorn:
         return f"{self.worker_class} {self.workers}w{threads}".strip()
 
     def args(self) -> list[str]:
-        args = ["--worker-class", self.worker_class, "--workers", str(self.workers)]
+        # gthread means keyard's own gthread worker, the one ``keyard serve`` runs
+        # (gunicorn's, with its own error pages in JSON), for keyard and baseline alike.
+        worker_class = WORKER_CLASS if self.worker_class == "gthread" else self.worker_class
+        args = ["--worker-class", worker_class, "--workers", str(self.workers)]
         if self.worker_class == "gthread":
             args += ["--threads", str(self.threads)]
         return args + ["--backlog", "2048", "--log-level", "warning"]
