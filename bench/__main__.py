@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import backends, http_load, in_process, population, report
-from keyard.cli import DEFAULT_THREADS, DEFAULT_WORKERS
+from keyard.cli import DEFAULT_THREADS, default_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ FULL = Plan(
     network_sizes=(1_000, 10_000, 100_000),
     local_calls=5_000,
     network_calls=1_000,
-    load=http_load.Load(seconds=5, repeats=3),
+    load=http_load.Load(seconds=3, repeats=5),
     http_population=10_000,
     memory_instances=100_000,
 )
@@ -57,9 +57,8 @@ QUICK = Plan(
 
 
 def serve_defaults(store: str) -> http_load.Gunicorn:
-    """What ``keyard serve`` runs for ``store``: the memory store takes one worker only."""
-    workers = 1 if store == "simple" else DEFAULT_WORKERS
-    return http_load.Gunicorn("gthread", workers, DEFAULT_THREADS)
+    """What ``keyard serve`` runs for ``store`` unless told otherwise."""
+    return http_load.Gunicorn("gthread", default_workers(store), DEFAULT_THREADS)
 
 
 #: gunicorn settings compared on the default store, to choose ``keyard serve``'s defaults.
@@ -112,7 +111,7 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
 
     print(
         f"HTTP load with wrk ({plan.load.connections} connections, {plan.load.seconds:g} s "
-        f"a run, median of {plan.load.repeats}; {plan.http_population:,} other instances)"
+        f"a run, best of {plan.load.repeats}; {plan.http_population:,} other instances)"
     )
     results["http"] = []
     for store in stores:

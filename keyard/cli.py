@@ -27,9 +27,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Where ``keyard serve`` listens unless told otherwise.
 DEFAULT_BIND = "127.0.0.1:8000"
 #: ``keyard serve``'s gunicorn worker processes and threads per worker, unless told
-#: otherwise; chosen from the benchmarks (``bench/``, README "Performance").
-DEFAULT_WORKERS = 1
+#: otherwise; chosen from the benchmarks (``bench/``, README "Performance"). The
+#: memory store (``simple``) keeps its registry in one process: it gets one worker.
+DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 4
+
+
+def default_workers(store_type: str) -> int:
+    """``keyard serve``'s worker processes for ``store_type`` when ``--workers`` is not given."""
+    return 1 if store_type == "simple" else DEFAULT_WORKERS
 
 
 class RegistryFailed(click.ClickException):
@@ -169,11 +175,10 @@ def main() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=DEFAULT_WORKERS,
-    show_default=True,
+    default=None,
     envvar="KEYARD_WORKERS",
     show_envvar=True,
-    help="gunicorn worker processes.",
+    help=f"gunicorn worker processes [default: {DEFAULT_WORKERS}; 1 for store_type simple].",
 )
 @click.option(
     "--threads",
@@ -184,7 +189,7 @@ def main() -> None:
     show_envvar=True,
     help="Threads per worker (gunicorn's gthread worker).",
 )
-def serve(config_path: str | None, bind: str, workers: int, threads: int) -> None:
+def serve(config_path: str | None, bind: str, workers: int | None, threads: int) -> None:
     """Run the registry under gunicorn until SIGINT or SIGTERM.
 
     KEYARD_* variables override the config file's values (see
@@ -195,6 +200,8 @@ def serve(config_path: str | None, bind: str, workers: int, threads: int) -> Non
 
     try:
         loaded = config.load(config_path) if config_path else config.from_environment()
+        if workers is None:
+            workers = default_workers(loaded.store_type)
         server.check_config(loaded, workers)
     except ConfigError as exc:
         raise BadConfig(str(exc)) from exc

@@ -96,3 +96,22 @@ def test_keyard_serve_uses_sqlite_by_default(
     assert result.exit_code == 0, result.output
     assert [config.store_type for config in started] == ["sqlite"]
     assert (tmp_path / "keyard-data" / "registry.db").is_file()
+
+
+@pytest.mark.parametrize(("store_type", "workers"), [("sqlite", 2), ("simple", 1)])
+def test_keyard_serve_runs_two_workers_by_default_and_one_for_the_memory_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store_type: str, workers: int
+) -> None:
+    from keyard import server
+
+    options: list[dict[str, object]] = []
+    monkeypatch.setattr(server, "serve", lambda config, **given: options.append(given))
+    monkeypatch.chdir(tmp_path)
+    env = {name: None for name in os.environ if name.startswith("KEYARD_")}
+    result = CliRunner().invoke(main, ["serve"], env={**env, "KEYARD_STORE_TYPE": store_type})
+    assert result.exit_code == 0, result.output
+    assert options == [{"bind": "127.0.0.1:8000", "workers": workers, "threads": 4}]
+    given = CliRunner().invoke(
+        main, ["serve", "--workers", "3"], env={**env, "KEYARD_STORE_TYPE": "sqlite"}
+    )
+    assert given.exit_code == 0 and options[-1]["workers"] == 3

@@ -138,8 +138,7 @@ def _check_url(url: str, shown: str) -> None:
         raise ConfigError(f"redis store: option url {shown!r} is invalid: {exc}") from exc
     if parts.scheme not in _URL_SCHEMES:
         raise ConfigError(
-            f"redis store: option url must start with redis://, rediss:// or unix://, "
-            f"got {shown!r}"
+            f"redis store: option url must start with redis://, rediss:// or unix://, got {shown!r}"
         )
     if parts.scheme == "unix":
         if not parts.path:
@@ -296,6 +295,5 @@ class RedisStore(Store):
             raise StoreUnavailable(f"{self.where} refused the command: {exc}") from exc
         except redis.exceptions.RedisError as exc:  # e.g. not a Redis server at all
             raise StoreUnavailable(
-                f"{self.where} did not answer as a Redis server does: "
-                f"{type(exc).__name__}: {exc}"
+                f"{self.where} did not answer as a Redis server does: {type(exc).__name__}: {exc}"
             ) from exc

@@ -94,6 +94,8 @@ class SqliteStore(Store):
         self.purge_interval = purge_interval
         self._local = threading.local()
         self._connections_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # see _turn
+        self._write_lock = threading.Lock()
         # Every open connection, with the process and thread that opened it. Kept
         # referenced so that one inherited through fork() is never closed by the
         # child; the connections of finished threads are closed when a new one opens.
@@ -309,14 +311,35 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"sqlite store at {str(self.path)!r}: {exc}") from exc
 
     @contextlib.contextmanager
+    def _turn(self, lock: threading.Lock, what: str) -> Iterator[None]:
+        """Take this process's turn to ``what``, within the store's timeout.
+
+        The threads of one process read one at a time, and write one at a time:
+        the sqlite3 driver lets go of Python's GIL at every step of a statement,
+        and threads that fight over it at each step run several times slower
+        together than in turn (``bench/``: 4 threads did 7,200 lookups/s at
+        once, 16,500/s in turn). Reads and writes have a lock each, so a write
+        waiting on another process's lock never holds up lookups.
+        """
+        if not lock.acquire(timeout=self.timeout if self.timeout > 0 else -1):
+            raise StoreUnavailable(
+                f"sqlite store at {str(self.path)!r}: no turn to {what} within "
+                f"{self.timeout:g} s; the database is busy"
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._translated_failures():
+        with self._translated_failures(), self._turn(self._read_lock, "read"):
             yield self._connection()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database's write lock from its start."""
-        with self._translated_failures():
+        with self._translated_failures(), self._turn(self._write_lock, "write"):
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
