@@ -122,6 +122,7 @@ def test_the_largest_configurable_ttl_registers_and_shows_its_expiry() -> None:
         ({"defualt_ttl": 30}, ["'defualt_ttl'"]),
         ({"store_type": "simple", "simple": {"path": "x"}}, ["simple", "path"]),
         ({"sqlite": {"pth": "x"}}, ["sqlite", "pth='x'"]),
+        ({"sqllite": {"path": "/srv/r.db"}}, ["'sqllite'", "no store is named so", "sqlite"]),
     ],
 )
 def test_invalid_config_fails_at_app_creation_naming_key_and_value(

@@ -224,6 +224,8 @@ def test_lookup_ignores_empty_directories_and_values_that_are_not_instances(
     etcd_server.raw_put(raw_key(base_path, "web", "2.0", "junk"), "value=not-json")
     etcd_server.raw_put(raw_key(base_path, "web", "2.0", "list"), "value=[1,2]")
     etcd_server.raw_put(raw_key(base_path, "web", "2.0", "deep", "er"), 'value={"ttl":1}')
+    nested = "[" * 100_000 + "]" * 100_000  # JSON too deep for Python's json to read
+    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "nested"), f"value={nested}")
     store.register(make(version="3.0", location="real"))
     assert [(i.version, i.location) for i in store.lookup("web", None, time.time())] == [
         ("3.0", "real")
@@ -232,6 +234,7 @@ def test_lookup_ignores_empty_directories_and_values_that_are_not_instances(
     assert store.lookup("web", "2.0", time.time()) == []
     assert store.get("web", "2.0", "junk", time.time()) is None
     assert store.get("web", "2.0", "deep", time.time()) is None
+    assert store.get("web", "2.0", "nested", time.time()) is None
 
 
 def test_deregister_removes_the_directories_it_empties(

@@ -156,6 +156,25 @@ def test_keys_are_ascii_and_escape_separators(redis_server: RedisServer, redis_p
         store.close()
 
 
+def test_members_keyard_did_not_write_are_ignored_by_lookups(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    client = raw_client(redis_server)
+    try:
+        store.register(make(service="web", version="1.0", location="real"))
+        expiry_key, ttl_key = f"{redis_prefix}:{{web}}:expiry", f"{redis_prefix}:{{web}}:ttl"
+        nested = "[" * 100_000 + "]" * 100_000
+        for foreign in ("not json", '{"a": 1}', '["only one"]', "[1, 2]", nested):
+            client.zadd(expiry_key, {foreign: time.time() + 600})
+            client.hset(ttl_key, foreign, 600)
+        found = store.lookup("web", None, time.time())
+        assert [(i.version, i.location) for i in found] == [("1.0", "real")]
+    finally:
+        client.close()
+        store.close()
+
+
 def test_lone_surrogates_round_trip(redis_server: RedisServer, redis_prefix: str) -> None:
     store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:

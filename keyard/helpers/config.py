@@ -60,6 +60,20 @@ class Config:
 _loaded: Config | None = None
 
 
+def _reject_unknown_stores(sections: Mapping[str, Any], source: str) -> None:
+    """ConfigError for a store section no store is named after: a typo (``"sqllite"``)
+    would otherwise leave its options unused without a word."""
+    from keyard.stores import available  # the store registry
+
+    known = available()
+    unknown = sorted(set(sections) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} (an object): no store is named so; "
+            f"store sections are named after a store: {', '.join(known)}"
+        )
+
+
 def from_dict(data: Mapping[str, Any], *, source: str = "config") -> Config:
     """Validate a parsed config mapping. Raises ConfigError naming the key and value."""
     if not isinstance(data, Mapping):
@@ -85,6 +99,7 @@ def from_dict(data: Mapping[str, Any], *, source: str = "config") -> Config:
                 f"{source}: unknown key {key!r} (value {value!r}); top-level keys are "
                 "store_type, default_ttl, min_ttl, max_ttl, and one object per store"
             )
+    _reject_unknown_stores(sections, source)
     config = Config(**values, store_sections=sections, source=source)
     if config.min_ttl > config.max_ttl:
         raise ConfigError(

@@ -685,7 +685,7 @@ def _record(value: str | None) -> dict[str, Any] | None:
     """The JSON record of an instance's value, or None when it is not one."""
     try:
         record = json.loads(value) if value is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read: not ours
         return None
     if not isinstance(record, dict):
         return None

@@ -108,6 +108,17 @@ def _member(version: str, location: str) -> str:
     return json.dumps([version, location], ensure_ascii=True, separators=(",", ":"))
 
 
+def _parse_member(member: bytes | str) -> tuple[str, str] | None:
+    """The ``(version, location)`` a member names, or None when keyard did not write it."""
+    try:
+        key = json.loads(member)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(key, list) and len(key) == 2 and all(isinstance(k, str) for k in key):
+        return key[0], key[1]
+    return None
+
+
 def _score(value: float) -> str:
     return repr(float(value))  # the shortest text that reads back as the same double
 
@@ -272,7 +283,10 @@ class RedisStore(Store):
             member, expires_at, ttl = flat[n : n + 3]
             if ttl is None:
                 continue  # cannot happen: both keys change together, in one script
-            member_version, location = json.loads(member)
+            key = _parse_member(member)
+            if key is None:
+                continue  # not a member keyard wrote: another program's data
+            member_version, location = key
             if version is None or member_version == version:
                 found.append(
                     Instance(service_name, member_version, location, int(ttl), float(expires_at))
