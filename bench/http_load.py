@@ -42,8 +42,9 @@ class Gunicorn:
 
     @property
     def label(self) -> str:
-        threads = f"x{self.threads} threads" if self.worker_class == "gthread" else ""
-        return f"{self.worker_class} {self.workers}w{threads}".strip()
+        """``gthread 2w x4t``: the worker class, workers, and threads per worker."""
+        threads = f" x{self.threads}t" if self.worker_class == "gthread" else ""
+        return f"{self.worker_class} {self.workers}w{threads}"
 
     def args(self) -> list[str]:
         # gthread means keyard's own gthread worker, the one ``keyard serve`` runs

@@ -35,19 +35,21 @@ def draw(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     http = results["http"]
     scenarios = ["lookup", "choose", "heartbeat"]
     width = 0.8 / len(scenarios)
     for offset, scenario in enumerate(scenarios):
-        # A comparison run measures some scenarios only: its missing bars stay empty.
-        ratios = [run["scenarios"].get(scenario, {}).get("ratio", 0.0) for run in http]
-        xs = [i + (offset - 1) * width for i in range(len(http))]
+        # A comparison run measures some scenarios only: its missing bars are left out.
+        measured = [(i, run) for i, run in enumerate(http) if scenario in run["scenarios"]]
+        xs = [i + (offset - 1) * width for i, _ in measured]
+        ratios = [run["scenarios"][scenario]["ratio"] for _, run in measured]
         bars = left.bar(xs, ratios, width, label=scenario)
         left.bar_label(bars, fmt="%.2f", fontsize=7)
     left.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     left.axhline(0.8, color="grey", linestyle=":", linewidth=1)
-    left.set_xticks(range(len(http)), [f"{r['store']}\n{r['gunicorn']}" for r in http], fontsize=8)
+    labels = [f"{r['store']}\n{r['gunicorn'].replace(' ', chr(10), 1)}" for r in http]
+    left.set_xticks(range(len(http)), labels, fontsize=7)
     left.set_ylabel("keyard throughput / bare falcon throughput")
     left.set_title("HTTP throughput against the baseline (targets 0.9 and 0.8 dashed)")
     left.legend(fontsize=8)
@@ -64,7 +66,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     right.set_xlabel("registered instances")
     right.set_ylabel("microseconds per request, in process")
     right.set_title("Cost of one request as the registry grows")
-    right.legend(fontsize=7, ncol=2)
+    right.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.suptitle(f"keyard benchmarks, {results['machine']['summary']}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def test_quick_run_measures_every_store_over_http_against_the_baseline(quick_res
             )
             assert 0 < figures["keyard"]["p50_us"] <= figures["keyard"]["p99_us"]
     compared = {run["gunicorn"] for run in results["http"] if not run["default"]}
-    assert "sync 2w" in compared
+    assert "sync 2w" in compared and "gthread 1w x4t" in compared
 
 
 def test_quick_run_draws_the_cost_curve_for_every_store(quick_results):
