@@ -119,14 +119,13 @@ class Registry:
         """
         _reject_unknown(fields, INSTANCE_FIELDS)
         service_name, version, location = self._key(fields)
+        now = self.clock()
         if fields.get("ttl") is not None:
             ttl = self._ttl(fields["ttl"])
-        else:
-            known = self.store.get(service_name, version, location, self.clock())
-            ttl = known.ttl if known is not None else self.ttl.default
-        now = self.clock()
-        instance = Instance(service_name, version, location, ttl, now + ttl)
-        return instance, self.store.register(instance)
+            instance = Instance(service_name, version, location, ttl, now + ttl)
+            return instance, self.store.register(instance)
+        ttl = self.ttl.default  # if the instance is unknown; else it keeps its own
+        return self.store.refresh(Instance(service_name, version, location, ttl, now + ttl))
 
     def deregister(self, fields: Fields) -> tuple[str, str, str]:
         """Remove an instance; NotFound when no live instance has this key."""

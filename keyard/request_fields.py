@@ -51,6 +51,8 @@ def _decode_pairs(pairs: list[tuple[str, str]], where: str) -> list[tuple[str, s
 
     Bytes that are not UTF-8 are an error, never a silent U+FFFD.
     """
+    if all(name.isascii() and value.isascii() for name, value in pairs):
+        return pairs  # ASCII reads the same in latin-1 and UTF-8: most requests
     decoded = []
     for name, value in pairs:
         try:

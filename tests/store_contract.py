@@ -81,6 +81,27 @@ class StoreContract:
         assert found is not None and found.ttl == 100
         assert found.expires_at > time.time() + 90
 
+    def test_refresh_keeps_the_live_ttl_and_extends_the_lease_from_now(self, store: Store) -> None:
+        start = time.time()
+        store.register(make(ttl=600, now=start))
+        later = start + 5
+        refreshed, new = store.refresh(make(ttl=30, now=later))
+        assert new is False
+        assert (refreshed.ttl, refreshed.expires_at) == (600, later + 600)
+        found = store.get("web", "1.0", "http://127.0.0.1:8001", later)
+        assert found is not None and (found.ttl, found.expires_at) == (600, later + 600)
+
+    def test_refresh_of_an_unknown_instance_registers_it_as_given(self, store: Store) -> None:
+        given = make(location="new", ttl=45)
+        assert store.refresh(given) == (given, True)
+        assert store.get("web", "1.0", "new", time.time()) == given
+        assert store.refresh(make(location="new", ttl=99))[0].ttl == 45
+
+    def test_refresh_of_an_expired_instance_registers_it_as_given(self, store: Store) -> None:
+        store.register(make(ttl=2, now=time.time() - 10))  # expired 8 s ago
+        given = make(ttl=50)
+        assert store.refresh(given) == (given, True)
+
     def test_lookup_matches_service_name_exactly(self, store: Store) -> None:
         store.register(make("web", location="a"))
         store.register(make("webapp", location="b"))

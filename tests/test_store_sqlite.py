@@ -126,7 +126,7 @@ def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
         ("_GET", ("web", "1.0", "a", 0.0)),
         ("_LOOKUP_SERVICE", ("web", 0.0)),
         ("_LOOKUP_VERSION", ("web", "1.0", 0.0)),
-        ("_OLD_EXPIRY", ("web", "1.0", "a")),
+        ("_OLD_LEASE", ("web", "1.0", "a")),
         ("_DELETE", ("web", "1.0", "a")),
         ("_PURGE", (0.0, 10)),
     ],

@@ -67,6 +67,25 @@ class Store(abc.ABC):
         when an existing one was refreshed.
         """
 
+    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
+        """The health check: extend the lease of the live instance with ``instance``'s key.
+
+        The lease is extended by the live instance's own ``ttl``, from now
+        (``instance.expires_at - instance.ttl``). When no live instance has the
+        key, ``instance`` is registered as given. Returns the instance as stored
+        and whether it is new.
+
+        This default is :meth:`get` then :meth:`register`: two calls, and not
+        atomic (a concurrent write between them wins or loses as it would
+        anyway). A store that can do it in one call should.
+        """
+        now = instance.expires_at - instance.ttl
+        key = (instance.service_name, instance.version, instance.location)
+        known = self.get(*key, now)
+        if known is not None:
+            instance = instance._replace(ttl=known.ttl, expires_at=now + known.ttl)
+        return instance, self.register(instance)
+
     @abc.abstractmethod
     def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
         """Return the live instance with exactly this key, or ``None``."""

@@ -44,21 +44,12 @@ class MemoryStore(Store):
 
     def register(self, instance: Instance) -> bool:
         with self._lock:
-            self._purge(instance.expires_at - instance.ttl)
-            locations = self._services.setdefault(instance.service_name, {}).setdefault(
-                instance.version, {}
-            )
-            created = instance.location not in locations
-            locations[instance.location] = instance
-            if created:
-                self._count += 1
-            heapq.heappush(
-                self._expiries,
-                (instance.expires_at, instance.service_name, instance.version, instance.location),
-            )
-            if len(self._expiries) > 2 * self._count + 1024:
-                self._compact()
-            return created
+            return self._put(instance, keep_ttl=False)[1]
+
+    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
+        """Atomic: under the store's lock."""
+        with self._lock:
+            return self._put(instance, keep_ttl=True)
 
     def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
         with self._lock:
@@ -91,6 +82,28 @@ class MemoryStore(Store):
         return self._count
 
     # -- internals; the caller holds the lock --------------------------------
+
+    def _put(self, instance: Instance, keep_ttl: bool) -> tuple[Instance, bool]:
+        """Store ``instance`` (with the live one's ttl if ``keep_ttl``); (stored, new)."""
+        now = instance.expires_at - instance.ttl
+        self._purge(now)
+        locations = self._services.setdefault(instance.service_name, {}).setdefault(
+            instance.version, {}
+        )
+        known = locations.get(instance.location)
+        if known is None:
+            self._count += 1
+        live = known is not None and known.expires_at > now
+        if known is not None and live and keep_ttl:
+            instance = instance._replace(ttl=known.ttl, expires_at=now + known.ttl)
+        locations[instance.location] = instance
+        heapq.heappush(
+            self._expiries,
+            (instance.expires_at, instance.service_name, instance.version, instance.location),
+        )
+        if len(self._expiries) > 2 * self._count + 1024:
+            self._compact()
+        return instance, not live
 
     def _remove(self, service_name: str, version: str, location: str) -> Instance | None:
         versions = self._services.get(service_name)

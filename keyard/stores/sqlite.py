@@ -50,7 +50,7 @@ _LOOKUP_SERVICE = f"""SELECT {_COLUMNS} FROM instances
     WHERE service_name = ? AND +expires_at > ? ORDER BY version, location"""
 _LOOKUP_VERSION = f"""SELECT {_COLUMNS} FROM instances
     WHERE service_name = ? AND version = ? AND +expires_at > ? ORDER BY version, location"""
-_OLD_EXPIRY = """SELECT expires_at FROM instances
+_OLD_LEASE = """SELECT ttl, expires_at FROM instances
     WHERE service_name = ? AND version = ? AND location = ?"""
 _UPSERT = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM instances WHERE service_name = ? AND version = ? AND location = ?"
@@ -139,13 +139,24 @@ class SqliteStore(Store):
     # -- the Store interface ---------------------------------------------------
 
     def register(self, instance: Instance) -> bool:
+        return self._put(instance, keep_ttl=False)[1]
+
+    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
+        """Atomic: one write transaction."""
+        return self._put(instance, keep_ttl=True)
+
+    def _put(self, instance: Instance, keep_ttl: bool) -> tuple[Instance, bool]:
+        """Store ``instance`` (with the live row's ttl if ``keep_ttl``); (stored, new)."""
         now = instance.expires_at - instance.ttl
         key = (instance.service_name, instance.version, instance.location)
         with self._transaction() as db:
-            row = db.execute(_OLD_EXPIRY, key).fetchone()
+            row = db.execute(_OLD_LEASE, key).fetchone()
+            live = row is not None and row[1] > now
+            if live and keep_ttl:
+                instance = instance._replace(ttl=row[0], expires_at=now + row[0])
             db.execute(_UPSERT, (*key, instance.ttl, instance.expires_at))
             self._maybe_purge(db, now)
-        return row is None or row[0] <= now
+        return instance, not live
 
     def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
         with self._reading() as db:
@@ -155,11 +166,11 @@ class SqliteStore(Store):
     def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
         key = (service_name, version, location)
         with self._transaction() as db:
-            row = db.execute(_OLD_EXPIRY, key).fetchone()
+            row = db.execute(_OLD_LEASE, key).fetchone()
             if row is not None:
                 db.execute(_DELETE, key)
             self._maybe_purge(db, now)
-        return row is not None and row[0] > now
+        return row is not None and row[1] > now
 
     def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
         with self._reading() as db:
@@ -259,13 +270,22 @@ class SqliteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             connection.close()
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again after a fork or failure)."""
+    def _connection(self, write: bool = False) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again after a fork or failure).
+
+        Before a ``write``, a look at the file (one ``stat``) makes sure it is still
+        the one the connection opened (see :meth:`_check_file_kept`); reads skip
+        the look, as a read of a deleted file loses nothing, and fail once a
+        write has found it gone.
+        """
         local = self._local
         pid = os.getpid()
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
         if connection is not None and local.pid == pid:
-            self._check_file_kept(local.identity)
+            if write:
+                self._check_file_kept(local.identity)
+            elif self._lost_in_pid == pid:
+                raise StoreUnavailable(self._lost_message)
             return connection
         # Else there is none yet, or it was inherited through fork(): a connection
         # must never cross a fork, so leave that one alone and open our own.
@@ -340,7 +360,7 @@ class SqliteStore(Store):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database's write lock from its start."""
         with self._translated_failures(), self._turn(self._write_lock, "write"):
-            db = self._connection()
+            db = self._connection(write=True)
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
