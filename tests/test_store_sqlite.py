@@ -112,7 +112,14 @@ def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = [row[1] for row in db.execute("PRAGMA table_info(instances)")]
-        assert columns == ["service_name", "version", "location", "ttl", "expires_at"]
+        assert columns == [
+            "service_name",
+            "version",
+            "location",
+            "ttl",
+            "expires_at",
+            "replaced_expiry",
+        ]
         info = db.execute("PRAGMA table_info(instances)").fetchall()
         primary_key = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5]]
         assert primary_key == ["service_name", "version", "location"]
@@ -126,7 +133,6 @@ def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
         ("_GET", ("web", "1.0", "a", 0.0)),
         ("_LOOKUP_SERVICE", ("web", 0.0)),
         ("_LOOKUP_VERSION", ("web", "1.0", 0.0)),
-        ("_OLD_LEASE", ("web", "1.0", "a")),
         ("_DELETE", ("web", "1.0", "a")),
         ("_PURGE", (0.0, 10)),
     ],
@@ -416,5 +422,108 @@ def test_register_is_atomic_across_processes(db_path: Path) -> None:
         found = locations(store.lookup("web", None, time.time()))
         expected = [str(n) for n in range(count)] + [f"only-{w}" for w in range(processes)]
         assert sorted(found) == sorted(expected)
+    finally:
+        store.close()
+
+
+# -- the lookup cache ----------------------------------------------------------
+
+
+def test_a_cached_lookup_sees_every_write_of_another_connection_at_once(db_path: Path) -> None:
+    reader, writer = SqliteStore(db_path), SqliteStore(db_path)
+    try:
+        now = time.time()
+        writer.register(make(location="a", now=now))
+        assert locations(reader.lookup("web", "1.0", now)) == ["a"]
+        assert locations(reader.lookup("web", "1.0", now)) == ["a"]  # answered from the cache
+        writer.register(make(location="b", now=now))
+        assert locations(reader.lookup("web", "1.0", now)) == ["a", "b"]
+        writer.refresh(make(location="a", ttl=5, now=now + 1))
+        assert [i.expires_at for i in reader.lookup("web", "1.0", now + 1)] == [
+            now + 1 + 30,
+            now + 30,
+        ]
+        assert writer.deregister("web", "1.0", "a", now + 1)
+        assert locations(reader.lookup("web", None, now + 1)) == ["b"]
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_cached_lookup_sees_its_own_writes_and_other_threads_writes(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        now = time.time()
+        assert store.lookup("web", "1.0", now) == []
+        store.register(make(location="a", now=now))
+        assert locations(store.lookup("web", "1.0", now)) == ["a"]
+        thread = threading.Thread(target=store.register, args=(make(location="b", now=now),))
+        thread.start()
+        thread.join()
+        assert locations(store.lookup("web", "1.0", now)) == ["a", "b"]
+        store.deregister("web", "1.0", "a", now)
+        assert locations(store.lookup("web", "1.0", now)) == ["b"]
+    finally:
+        store.close()
+
+
+def test_a_cached_lookup_drops_what_expires_and_keeps_what_an_earlier_now_sees(
+    db_path: Path,
+) -> None:
+    store = SqliteStore(db_path)
+    try:
+        now = time.time()
+        store.register(make(location="short", ttl=5, now=now))
+        store.register(make(location="long", ttl=60, now=now))
+        assert locations(store.lookup("web", "1.0", now)) == ["long", "short"]
+        assert locations(store.lookup("web", "1.0", now + 10)) == ["long"]
+        # A clock that steps back must not be answered from what was read later.
+        assert locations(store.lookup("web", "1.0", now + 1)) == ["long", "short"]
+        assert store.lookup("web", "1.0", now + 61) == []
+    finally:
+        store.close()
+
+
+def _register_one(path: str, location: str) -> None:
+    store = SqliteStore(path)
+    try:
+        store.register(make(location=location, now=time.time()))
+    finally:
+        store.close()
+
+
+def test_a_cached_lookup_sees_a_write_of_another_process_at_once(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    context = multiprocessing.get_context("spawn")
+    try:
+        assert store.lookup("web", "1.0", time.time()) == []
+        for location in ("a", "b"):
+            writer = context.Process(target=_register_one, args=(str(db_path), location))
+            writer.start()
+            writer.join(timeout=60)
+            assert writer.exitcode == 0
+            assert location in locations(store.lookup("web", "1.0", time.time()))
+    finally:
+        store.close()
+
+
+def test_a_database_made_before_the_replaced_expiry_column_is_upgraded(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TABLE instances (service_name TEXT NOT NULL, version TEXT NOT NULL,"
+            " location TEXT NOT NULL, ttl INTEGER NOT NULL, expires_at REAL NOT NULL,"
+            " PRIMARY KEY (service_name, version, location)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO instances VALUES ('web', '1.0', 'old', 60, ?)", (time.time() + 60,))
+    db.close()
+    store = SqliteStore(db_path)
+    try:
+        now = time.time()
+        assert locations(store.lookup("web", "1.0", now)) == ["old"]
+        refreshed, new = store.refresh(make(location="old", ttl=5, now=now))
+        assert (refreshed.ttl, new) == (60, False)
+        assert store.register(make(location="fresh", now=now)) is True
+        assert locations(store.lookup("web", "1.0", now)) == ["fresh", "old"]
     finally:
         store.close()

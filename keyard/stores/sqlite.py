@@ -2,8 +2,10 @@
 
 Safe for many gunicorn worker processes and threads at once: the database runs
 in WAL mode (readers never wait for the writer), each thread of each process has
-its own connection, and ``register`` runs in a ``BEGIN IMMEDIATE`` transaction so
-its new-or-refreshed answer is atomic across processes. The registry survives a
+its own connection, and every write is one statement (an upsert that returns what
+it replaced), so its new-or-refreshed answer is atomic across processes. Lookups
+are answered from a per-thread cache while ``PRAGMA data_version`` says that no
+connection has changed the database since. The registry survives a
 restart of keyard. The file must be on a local disk: WAL needs shared memory,
 which network file systems do not give.
 """
@@ -36,10 +38,15 @@ CREATE TABLE IF NOT EXISTS instances (
     location     TEXT NOT NULL,
     ttl          INTEGER NOT NULL,
     expires_at   REAL NOT NULL,
+    replaced_expiry REAL,
     PRIMARY KEY (service_name, version, location)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_by_expiry ON instances (expires_at);
 """
+# ``replaced_expiry``: the expiry a write replaced (NULL for a row inserted anew), so
+# that one statement both writes a row and tells whether a live one was there. A
+# database made before the column existed gets it at start-up.
+_ADD_REPLACED_EXPIRY = "ALTER TABLE instances ADD COLUMN replaced_expiry REAL"
 
 _COLUMNS = "service_name, version, location, ttl, expires_at"
 # The unary ``+`` keeps the planner on the primary key (service, version, location)
@@ -50,10 +57,24 @@ _LOOKUP_SERVICE = f"""SELECT {_COLUMNS} FROM instances
     WHERE service_name = ? AND +expires_at > ? ORDER BY version, location"""
 _LOOKUP_VERSION = f"""SELECT {_COLUMNS} FROM instances
     WHERE service_name = ? AND version = ? AND +expires_at > ? ORDER BY version, location"""
-_OLD_LEASE = """SELECT ttl, expires_at FROM instances
-    WHERE service_name = ? AND version = ? AND location = ?"""
-_UPSERT = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM instances WHERE service_name = ? AND version = ? AND location = ?"
+# A write is one statement, so the database's write lock is held only inside one call
+# into SQLite, never while this thread waits for Python's GIL between statements (with
+# several threads and processes writing, that wait held up every other writer). In the
+# update, ``expires_at`` and ``ttl`` are the row's values before the write.
+_UPSERT = f"""INSERT INTO instances ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (service_name, version, location) DO UPDATE SET
+        ttl = excluded.ttl, expires_at = excluded.expires_at, replaced_expiry = expires_at
+    RETURNING ttl, expires_at, replaced_expiry"""
+# The health check: a live row keeps its ttl and is extended by it from now (?6).
+_REFRESH = f"""INSERT INTO instances ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (service_name, version, location) DO UPDATE SET
+        ttl = CASE WHEN expires_at > ?6 THEN ttl ELSE excluded.ttl END,
+        expires_at = CASE WHEN expires_at > ?6 THEN ?6 + ttl ELSE excluded.expires_at END,
+        replaced_expiry = expires_at
+    RETURNING ttl, expires_at, replaced_expiry"""
+_DELETE = """DELETE FROM instances WHERE service_name = ? AND version = ? AND location = ?
+    RETURNING expires_at"""
+_DATA_VERSION = "PRAGMA data_version"
 # Proves at start-up that the file can be written to (a read-only file opens and reads
 # fine); always rolled back. The empty key is one the registry never stores.
 _WRITE_PROBE = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ('', '', '', 0, 0)"
@@ -63,6 +84,32 @@ _PURGE = """DELETE FROM instances WHERE (service_name, version, location) IN (
 
 #: How many expired rows one purge deletes at most.
 PURGE_BATCH = 500
+#: How many lookup answers one thread's cache holds at most (then it starts again).
+CACHED_ANSWERS = 4096
+
+
+class _Answers:
+    """One connection's cached lookup answers, good while the database is unchanged.
+
+    ``stamp`` is the connection's ``PRAGMA data_version`` when they were read
+    (``None``: start again), ``latest_read`` the latest ``now`` they were read at.
+    """
+
+    __slots__ = ("stamp", "latest_read", "answers")
+
+    def __init__(self) -> None:
+        self.stamp: int | None = None
+        self.latest_read = float("-inf")
+        self.answers: dict[tuple[str, str | None], list[Instance]] = {}
+
+    def reset(self, stamp: int) -> None:
+        self.stamp, self.latest_read, self.answers = stamp, float("-inf"), {}
+
+    def keep(self, key: tuple[str, str | None], found: list[Instance], now: float) -> None:
+        if len(self.answers) >= CACHED_ANSWERS:
+            self.answers = {}
+        self.answers[key] = found
+        self.latest_read = max(self.latest_read, now)
 
 
 class SqliteStore(Store):
@@ -148,15 +195,16 @@ class SqliteStore(Store):
     def _put(self, instance: Instance, keep_ttl: bool) -> tuple[Instance, bool]:
         """Store ``instance`` (with the live row's ttl if ``keep_ttl``); (stored, new)."""
         now = instance.expires_at - instance.ttl
-        key = (instance.service_name, instance.version, instance.location)
-        with self._transaction() as db:
-            row = db.execute(_OLD_LEASE, key).fetchone()
-            live = row is not None and row[1] > now
-            if live and keep_ttl:
-                instance = instance._replace(ttl=row[0], expires_at=now + row[0])
-            db.execute(_UPSERT, (*key, instance.ttl, instance.expires_at))
+        with self._writing() as db:
+            if keep_ttl:
+                rows = db.execute(_REFRESH, (*instance, now)).fetchall()
+            else:
+                rows = db.execute(_UPSERT, instance).fetchall()
             self._maybe_purge(db, now)
-        return instance, not live
+        ttl, expires_at, replaced_expiry = rows[0]
+        if keep_ttl:
+            instance = instance._replace(ttl=ttl, expires_at=expires_at)
+        return instance, replaced_expiry is None or replaced_expiry <= now
 
     def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
         with self._reading() as db:
@@ -164,21 +212,36 @@ class SqliteStore(Store):
         return Instance(*row) if row is not None else None
 
     def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
-        key = (service_name, version, location)
-        with self._transaction() as db:
-            row = db.execute(_OLD_LEASE, key).fetchone()
-            if row is not None:
-                db.execute(_DELETE, key)
+        with self._writing() as db:
+            rows = db.execute(_DELETE, (service_name, version, location)).fetchall()
             self._maybe_purge(db, now)
-        return row is not None and row[1] > now
+        return bool(rows) and rows[0][0] > now
 
     def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+        """Served from this thread's cache of answers while the database is unchanged.
+
+        ``PRAGMA data_version`` (one step, no table read) tells whether another
+        connection, in this process or another, has committed since the cache was
+        filled; this connection's own writes empty the cache. A cached answer
+        holds the instances live when it was read, so it is filtered by ``now``.
+        """
         with self._reading() as db:
-            if version is None:
-                rows = db.execute(_LOOKUP_SERVICE, (service_name, now)).fetchall()
-            else:
-                rows = db.execute(_LOOKUP_VERSION, (service_name, version, now)).fetchall()
-        return list(map(Instance._make, rows))
+            cache = self._local.answers
+            stamp = db.execute(_DATA_VERSION).fetchone()[0]
+            # An answer read at a later ``now`` may lack rows still live at this one.
+            if stamp != cache.stamp or now < cache.latest_read:
+                cache.reset(stamp)
+            key = (service_name, version)
+            found = cache.answers.get(key)
+            if found is None:
+                if version is None:
+                    rows = db.execute(_LOOKUP_SERVICE, (service_name, now)).fetchall()
+                else:
+                    rows = db.execute(_LOOKUP_VERSION, (service_name, version, now)).fetchall()
+                found = list(map(Instance._make, rows))
+                cache.keep(key, found, now)
+                return found
+        return [instance for instance in found if instance.expires_at > now]
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""
@@ -209,6 +272,13 @@ class SqliteStore(Store):
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(instances)")}
+            if "replaced_expiry" not in columns:
+                try:
+                    connection.execute(_ADD_REPLACED_EXPIRY)
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
             identity = self._file_identity()
         except BaseException:
             connection.close()
@@ -304,6 +374,7 @@ class SqliteStore(Store):
         for _, _, old, old_identity in finished:
             self._close_connection(old, old_identity)
         local.connection, local.pid, local.identity = connection, pid, identity
+        local.answers = _Answers()
         return connection
 
     def _discard_connection(self) -> None:
@@ -357,18 +428,15 @@ class SqliteStore(Store):
             yield self._connection()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the database's write lock from its start."""
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """This thread's turn to write: statements that each commit by themselves."""
         with self._translated_failures(), self._turn(self._write_lock, "write"):
             db = self._connection(write=True)
-            db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+            finally:
+                # data_version does not count this connection's own commits.
+                self._local.answers.stamp = None
 
     def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
         """Delete up to PURGE_BATCH expired rows, if the last purge is old enough."""
