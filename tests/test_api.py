@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import falcon
@@ -482,6 +483,30 @@ def test_chunked_body_over_the_limit_is_413() -> None:
     status, answer = call_without_content_length(app, body, input_terminated=True)
     assert status.startswith("413"), answer
     assert str(MAX_BODY_BYTES) in answer["description"]
+
+
+class _MalformedChunks(io.BytesIO):
+    """A body whose reading fails as gunicorn's does on a bad chunk (not an OSError)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise ValueError("Invalid chunk size: b'zz'")
+
+
+def test_body_the_server_cannot_read_is_400_not_500() -> None:
+    app = create_app({}, store=MemoryStore())
+    environ = falcon.testing.create_environ(
+        method="POST",
+        path="/keyard",
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    environ["wsgi.input"] = _MalformedChunks()
+    start_response = falcon.testing.StartResponseMock()
+    answer = json.loads(b"".join(app(environ, start_response)))
+    assert start_response.status.startswith("400"), answer
+    assert answer["title"] == "Malformed body"
+    assert "Invalid chunk size" in answer["description"]
 
 
 def test_chunked_body_on_a_server_that_does_not_end_the_stream_is_411() -> None:
