@@ -402,6 +402,22 @@ def test_unsupported_method_is_405_json(api: webtest.TestApp) -> None:
     assert_error(api.patch("/keyard", status=405), "PATCH", "GET")
 
 
+def test_head_answers_as_get_without_a_body(api: webtest.TestApp) -> None:
+    register(api)
+    get = api.get("/keyard", {"service_name": "web"})
+    head = api.head("/keyard?service_name=web", status=200)
+    assert head.body == b""
+    assert head.content_type == "application/json"
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert api.head("/keyard", status=400).body == b""  # no service_name: as GET
+
+
+def test_options_lists_the_methods_in_allow(api: webtest.TestApp) -> None:
+    response = api.options("/keyard", status=200)
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD", "POST", "PUT", "DELETE"}
+    assert response.body == b""
+
+
 # -- request encoding edge cases ------------------------------------------------
 
 
