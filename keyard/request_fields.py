@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import falcon
@@ -15,6 +16,26 @@ import falcon
 MAX_BODY_BYTES = 64 * 1024
 JSON_TYPES = {"application/json"}
 FORM_TYPES = {"application/x-www-form-urlencoded"}
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def _read_stream(stream: _Readable) -> bytes:
+    """Up to one byte over the limit of ``stream``; a body that cannot be read is a 400.
+
+    The WSGI server parses the body as it is read, and raises its own errors for a
+    malformed one (gunicorn: an invalid chunk size, a chunk without its CRLF; not
+    subclasses of OSError), so any error of this read is the request's fault.
+    """
+    try:
+        return stream.read(MAX_BODY_BYTES + 1)
+    except Exception as exc:
+        raise falcon.HTTPBadRequest(
+            title="Malformed body",
+            description=f"the request body could not be read: {exc}",
+        ) from exc
 
 
 def _read_body(req: falcon.Request) -> bytes:
@@ -35,9 +56,9 @@ def _read_body(req: falcon.Request) -> bytes:
                 title="Length required",
                 description="this server needs a Content-Length header with a request body",
             )
-        body = req.stream.read(MAX_BODY_BYTES + 1)
+        body = _read_stream(req.stream)
     else:
-        body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+        body = _read_stream(req.bounded_stream)
     if len(body) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(
             title="Request body too large",

@@ -24,7 +24,7 @@ def instance_json(instance: Instance) -> dict[str, object]:
 
 
 class KeyardResource:
-    """Register (POST), health-check (PUT), deregister (DELETE) and look up (GET)."""
+    """Register (POST), health-check (PUT), deregister (DELETE) and look up (GET, HEAD)."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -35,6 +35,10 @@ class KeyardResource:
             resp.media = {"result": self.registry.choose(fields).location}
         else:
             resp.media = {"result": [i.location for i in self.registry.lookup(fields)]}
+
+    # HEAD is GET without the body (RFC 9110 9.3.2: every server supports both);
+    # falcon drops the body and keeps the status and headers, Content-Length included.
+    on_head = on_get
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         instance, created = self.registry.register(read_fields(req))

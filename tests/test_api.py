@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import falcon
@@ -401,6 +402,22 @@ def test_unsupported_method_is_405_json(api: webtest.TestApp) -> None:
     assert_error(api.patch("/keyard", status=405), "PATCH", "GET")
 
 
+def test_head_answers_as_get_without_a_body(api: webtest.TestApp) -> None:
+    register(api)
+    get = api.get("/keyard", {"service_name": "web"})
+    head = api.head("/keyard?service_name=web", status=200)
+    assert head.body == b""
+    assert head.content_type == "application/json"
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert api.head("/keyard", status=400).body == b""  # no service_name: as GET
+
+
+def test_options_lists_the_methods_in_allow(api: webtest.TestApp) -> None:
+    response = api.options("/keyard", status=200)
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD", "POST", "PUT", "DELETE"}
+    assert response.body == b""
+
+
 # -- request encoding edge cases ------------------------------------------------
 
 
@@ -482,6 +499,30 @@ def test_chunked_body_over_the_limit_is_413() -> None:
     status, answer = call_without_content_length(app, body, input_terminated=True)
     assert status.startswith("413"), answer
     assert str(MAX_BODY_BYTES) in answer["description"]
+
+
+class _MalformedChunks(io.BytesIO):
+    """A body whose reading fails as gunicorn's does on a bad chunk (not an OSError)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise ValueError("Invalid chunk size: b'zz'")
+
+
+def test_body_the_server_cannot_read_is_400_not_500() -> None:
+    app = create_app({}, store=MemoryStore())
+    environ = falcon.testing.create_environ(
+        method="POST",
+        path="/keyard",
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    environ["wsgi.input"] = _MalformedChunks()
+    start_response = falcon.testing.StartResponseMock()
+    answer = json.loads(b"".join(app(environ, start_response)))
+    assert start_response.status.startswith("400"), answer
+    assert answer["title"] == "Malformed body"
+    assert "Invalid chunk size" in answer["description"]
 
 
 def test_chunked_body_on_a_server_that_does_not_end_the_stream_is_411() -> None:

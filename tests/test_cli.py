@@ -301,6 +301,13 @@ GUNICORN_REFUSES = {
 }
 
 
+#: A chunked POST whose chunks gunicorn hands to keyard's app, which fails to read them.
+MALFORMED_CHUNKED_POST = (
+    b"POST /keyard HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n"
+)
+
+
 def raw_http(port: int, request: bytes) -> bytes:
     """Send ``request`` as is and read the answer until the server closes (bounded)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -348,6 +355,11 @@ def test_serve_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
             assert b"content-type: application/json" in head.lower(), answer[:300]
             assert set(json.loads(body)) == {"title", "description"}
         assert chunked_post(port, b"service_name=web&location=b") == 201
+        for bad_chunks in (b"zz\r\n", b"3\r\nabcXX\r\n0\r\n\r\n"):
+            answer = raw_http(port, MALFORMED_CHUNKED_POST + bad_chunks)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+            assert json.loads(body)["title"] == "Malformed body"
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
     finally:
