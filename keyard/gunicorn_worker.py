@@ -6,14 +6,25 @@ or chunk (400). It answers those with an HTML page. This worker answers them
 as keyard answers every error, ``{"title": ..., "description": ...}`` in
 ``application/json``, so that no input gets a non-JSON error body.
 
+It also gives a client a deadline: a worker thread that waits more than
+``KEYARD_CLIENT_TIMEOUT`` seconds (default 10) for the next bytes of a request, or
+for the client to take the answer, gives up on that connection: a body that
+stops short of its ``Content-Length`` gets a 408, a request stalled within its
+headers is closed. gthread's own thread would wait for as long as the client
+kept the connection open, and a few such clients would hold every thread.
+
 ``keyard serve`` uses it; with plain gunicorn, pass
 ``--worker-class keyard.gunicorn_worker.JsonErrorThreadWorker``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import socket
+import struct
 from typing import Any
 
 from gunicorn import util
@@ -34,11 +45,66 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     util.write_nonblock(sock, head + body)
 
 
+#: Seconds a worker thread waits for a client's next bytes, or for it to read the answer.
+CLIENT_TIMEOUT = 10.0
+CLIENT_TIMEOUT_VARIABLE = "KEYARD_CLIENT_TIMEOUT"
+
+
+def client_timeout() -> float:
+    """``KEYARD_CLIENT_TIMEOUT`` when it is a positive number of seconds, else the default."""
+    try:
+        seconds = float(os.environ.get(CLIENT_TIMEOUT_VARIABLE, CLIENT_TIMEOUT))
+    except ValueError:
+        return CLIENT_TIMEOUT
+    return seconds if 0 < seconds <= 3600 else CLIENT_TIMEOUT
+
+
+class _StalledClientFilter(logging.Filter):
+    """gthread logs a client that ran out of time as a socket error with a traceback:
+    make it one line at INFO level, since the client, not the server, is at fault."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BlockingIOError) and record.msg == "Socket error processing request.":
+            record.msg = "closed a connection whose client sent nothing for %g s mid-request"
+            record.args = (self.seconds,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def set_client_timeout(sock: socket.socket, seconds: float = CLIENT_TIMEOUT) -> None:
+    """Make blocking reads and writes on ``sock`` fail after ``seconds`` (EAGAIN).
+
+    The kernel's SO_RCVTIMEO and SO_SNDTIMEO, not Python's socket timeout: gthread
+    puts the socket back in blocking mode before each request, which resets
+    Python's timeout but not these.
+    """
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 class JsonErrorThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, writing the errors gunicorn raises itself as JSON."""
+    """gunicorn's gthread worker: JSON for the errors gunicorn raises, a deadline for clients."""
 
     def init_process(self) -> Any:
         # gunicorn's workers call util.write_error at the time of the error; this
         # process is a keyard worker only, so its error writer is keyard's.
         util.write_error = write_json_error
+        self.client_timeout = client_timeout()
+        logging.getLogger("gunicorn.error").addFilter(_StalledClientFilter(self.client_timeout))
         return super().init_process()
+
+    def enqueue_req(self, conn: Any) -> None:
+        if not getattr(conn, "keyard_timeout_set", False):
+            # OSError: the client is gone already; gthread finds out on its own.
+            with contextlib.suppress(OSError):
+                set_client_timeout(conn.sock, self.client_timeout)
+            conn.keyard_timeout_set = True
+        super().enqueue_req(conn)

@@ -31,6 +31,14 @@ def _read_stream(stream: _Readable) -> bytes:
     """
     try:
         return stream.read(MAX_BODY_BYTES + 1)
+    except (BlockingIOError, TimeoutError) as exc:  # the server's deadline for the client
+        raise falcon.HTTPError(
+            falcon.HTTP_408,
+            title="Request timeout",
+            headers={"Connection": "close"},
+            description="the request body stopped arriving before its end "
+            f"(its Content-Length or last chunk): {exc}",
+        ) from exc
     except Exception as exc:
         raise falcon.HTTPBadRequest(
             title="Malformed body",

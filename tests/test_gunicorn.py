@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from keyard.server import WORKER_CLASS
+from tests import gunicorn_server
 from tests.conftest import free_port, port_is_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +76,44 @@ def test_keyard_serves_over_http_under_gunicorn(tmp_path: Path) -> None:
         server.terminate()
         output = server.communicate(timeout=30)[0].decode(errors="replace")
     assert "Traceback" not in output, output
+
+
+def _send_and_read(port: int, raw: bytes, wait: float = 30.0) -> tuple[bytes, float]:
+    """Send ``raw`` and read until the server closes; what it sent back, and after how long."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_a_client_that_stalls_mid_request_is_given_up_on_and_never_holds_a_thread(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"store_type": "simple"}))
+    env = {"KEYARD_CONFIG": str(tmp_path / "config.json"), "KEYARD_CLIENT_TIMEOUT": "1"}
+    args = ["--worker-class", WORKER_CLASS, "--threads", "1"]
+    with gunicorn_server.start("keyard.wsgi:app", free_port(), env, args) as server:
+        short_body = (
+            b"POST /keyard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"service_name": '
+        )
+        answer, seconds = _send_and_read(server.port, short_body)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        # ...and the connection closed (read to its end above): the rest of the body
+        # must never be taken for a request.
+        assert json.loads(body)["title"] == "Request timeout"
+        assert 0.9 < seconds < 5, seconds
+        # Stalled within its headers: the connection is closed, the thread freed.
+        answer, seconds = _send_and_read(server.port, b"GET /keyard?service_name=x HTTP/1.1\r\n")
+        assert answer == b"" and 0.9 < seconds < 5, (answer, seconds)
+        # The one thread is free again.
+        status, found = call("GET", f"{server.url}/keyard?service_name=web")
+        assert (status, found) == (200, {"result": []})
+        output = server.output()
+    assert "Traceback" not in output, output
+    assert "sent nothing for 1 s mid-request" in output, output

@@ -271,6 +271,9 @@ class SqliteStore(Store):
         try:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            for pragma in os.environ.get("PRAGMAS", "").split(";"):
+                if pragma:
+                    connection.execute("PRAGMA " + pragma)
             connection.executescript(_SCHEMA)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(instances)")}
             if "replaced_expiry" not in columns:
