@@ -373,20 +373,24 @@ def test_a_path_with_a_nul_character_is_a_config_error() -> None:
         create_store("sqlite", {"path": "data/reg\x00istry.db"})
 
 
-def test_connections_are_per_thread_and_closed_when_their_thread_is_gone(db_path: Path) -> None:
+def test_a_process_keeps_one_reading_and_one_writing_connection_for_all_its_threads(
+    db_path: Path,
+) -> None:
     store = SqliteStore(db_path)
     try:
         store.register(make(location="main"))
 
-        def work() -> None:
+        def work(n: int) -> None:
             store.lookup("web", None, time.time())
+            store.register(make(location=f"thread-{n}"))
 
-        for _ in range(5):
-            thread = threading.Thread(target=work)
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(5)]
+        for thread in threads:
             thread.start()
+        for thread in threads:
             thread.join()
-        # one for this thread, one for the last thread; the finished ones were closed
-        assert len(store._connections) <= 2
+        assert len(store._connections) == 2
+        assert len(store.lookup("web", None, time.time())) == 6
     finally:
         store.close()
     assert store._connections == []

@@ -1,13 +1,14 @@
 """The SQLite store (``store_type: "sqlite"``): the embedded default, one file on local disk.
 
 Safe for many gunicorn worker processes and threads at once: the database runs
-in WAL mode (readers never wait for the writer), each thread of each process has
-its own connection, and every write is one statement (an upsert that returns what
-it replaced), so its new-or-refreshed answer is atomic across processes. Lookups
-are answered from a per-thread cache while ``PRAGMA data_version`` says that no
-connection has changed the database since. The registry survives a
-restart of keyard. The file must be on a local disk: WAL needs shared memory,
-which network file systems do not give.
+in WAL mode (readers never wait for the writer); each process has one connection
+for reading and one for writing, each used by one thread at a time; and every
+write is one statement (an upsert that returns what it replaced), so its
+new-or-refreshed answer is atomic across processes. Lookups are answered from the
+process's cache of answers while ``PRAGMA data_version`` says that no connection
+has changed the database since. The registry survives a restart of keyard. The
+file must be on a local disk: WAL needs shared memory, which network file systems
+do not give.
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ PURGE_BATCH = 500
 CACHED_ANSWERS = 4096
 
 
+#: The writing connection's page cache at most, in KiB: health checks touch pages
+#: across the whole table and its expiry index, and SQLite's default of 2 MiB made a
+#: health check 1.4x slower at 1M instances than at 1k (256 MiB: 1.07x). It fills only
+#: as far as the database is large (about 200 bytes an instance); one per process.
+WRITER_CACHE_KIB = 256 * 1024
+
+
 class _Answers:
     """One connection's cached lookup answers, good while the database is unchanged.
 
@@ -110,6 +118,22 @@ class _Answers:
             self.answers = {}
         self.answers[key] = found
         self.latest_read = max(self.latest_read, now)
+
+
+class _Slot:
+    """One connection of this process (the reading one, or the writing one).
+
+    Used under its lock (see :meth:`SqliteStore._turn`), so by one thread at a
+    time. ``pid`` is the process that opened it: a connection never crosses a fork.
+    """
+
+    __slots__ = ("connection", "pid", "identity", "answers")
+
+    def __init__(self) -> None:
+        self.connection: sqlite3.Connection | None = None
+        self.pid = 0
+        self.identity = (0, 0)  # (device, inode) of the file it opened
+        self.answers = _Answers()
 
 
 class SqliteStore(Store):
@@ -139,16 +163,13 @@ class SqliteStore(Store):
         self.path = Path(path).expanduser().absolute()
         self.timeout = timeout
         self.purge_interval = purge_interval
-        self._local = threading.local()
-        self._connections_lock = threading.Lock()
+        self._reader, self._writer = _Slot(), _Slot()
         self._read_lock = threading.Lock()  # see _turn
         self._write_lock = threading.Lock()
-        # Every open connection, with the process and thread that opened it. Kept
-        # referenced so that one inherited through fork() is never closed by the
-        # child; the connections of finished threads are closed when a new one opens.
-        self._connections: list[
-            tuple[int, threading.Thread, sqlite3.Connection, tuple[int, int]]
-        ] = []
+        self._connections_lock = threading.Lock()
+        # Every open connection, with the process that opened it. Kept referenced so
+        # that one inherited through fork() is never closed by the child.
+        self._connections: list[tuple[int, sqlite3.Connection, tuple[int, int]]] = []
         # Connections to a file that another database has replaced: never closed.
         self._kept_open: list[sqlite3.Connection] = []
         # The process that found its database file deleted or replaced, if any.
@@ -226,7 +247,7 @@ class SqliteStore(Store):
         holds the instances live when it was read, so it is filtered by ``now``.
         """
         with self._reading() as db:
-            cache = self._local.answers
+            cache = self._reader.answers
             stamp = db.execute(_DATA_VERSION).fetchone()[0]
             # An answer read at a later ``now`` may lack rows still live at this one.
             if stamp != cache.stamp or now < cache.latest_read:
@@ -244,13 +265,13 @@ class SqliteStore(Store):
         return [instance for instance in found if instance.expires_at > now]
 
     def close(self) -> None:
-        """Close every connection this store opened, in any thread."""
+        """Close every connection this store opened in this process."""
         pid = os.getpid()
         with self._connections_lock:
             self._closed = True
             ours = [entry for entry in self._connections if entry[0] == pid]
             self._connections = [entry for entry in self._connections if entry[0] != pid]
-        for _, _, connection, identity in ours:
+        for _, connection, identity in ours:
             self._close_connection(connection, identity)
 
     def __len__(self) -> int:
@@ -260,20 +281,18 @@ class SqliteStore(Store):
 
     # -- connections, transactions, errors -------------------------------------
 
-    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+    def _open(self, cache_kib: int | None = None) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """A new connection, and the identity (device, inode) of the file it opened."""
-        # isolation_level=None: no implicit transactions; we BEGIN ourselves.
-        # check_same_thread=False only so that close() may close it from another
-        # thread; each connection is otherwise used by the thread that opened it.
+        # isolation_level=None: no implicit transactions; each statement commits.
+        # check_same_thread=False: the threads of the process take turns with it.
         connection = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
-            for pragma in os.environ.get("PRAGMAS", "").split(";"):
-                if pragma:
-                    connection.execute("PRAGMA " + pragma)
+            if cache_kib is not None:
+                connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
             connection.executescript(_SCHEMA)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(instances)")}
             if "replaced_expiry" not in columns:
@@ -343,20 +362,19 @@ class SqliteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             connection.close()
 
-    def _connection(self, write: bool = False) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again after a fork or failure).
+    def _connection(self, slot: _Slot, write: bool = False) -> sqlite3.Connection:
+        """The slot's connection, opened on first use (and again after a fork or failure).
 
         Before a ``write``, a look at the file (one ``stat``) makes sure it is still
         the one the connection opened (see :meth:`_check_file_kept`); reads skip
         the look, as a read of a deleted file loses nothing, and fail once a
         write has found it gone.
         """
-        local = self._local
         pid = os.getpid()
-        connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and local.pid == pid:
+        connection = slot.connection
+        if connection is not None and slot.pid == pid:
             if write:
-                self._check_file_kept(local.identity)
+                self._check_file_kept(slot.identity)
             elif self._lost_in_pid == pid:
                 raise StoreUnavailable(self._lost_message)
             return connection
@@ -366,32 +384,26 @@ class SqliteStore(Store):
             raise StoreUnavailable("sqlite store: the store has been closed")
         if self._lost_in_pid == pid:
             raise StoreUnavailable(self._lost_message)
-        connection, identity = self._open()
-        finished = []
+        connection, identity = self._open(WRITER_CACHE_KIB if write else None)
         with self._connections_lock:
-            for entry in list(self._connections):
-                if entry[0] == pid and not entry[1].is_alive():
-                    self._connections.remove(entry)
-                    finished.append(entry)
-            self._connections.append((pid, threading.current_thread(), connection, identity))
-        for _, _, old, old_identity in finished:
-            self._close_connection(old, old_identity)
-        local.connection, local.pid, local.identity = connection, pid, identity
-        local.answers = _Answers()
+            self._connections.append((pid, connection, identity))
+        slot.connection, slot.pid, slot.identity, slot.answers = (
+            connection, pid, identity, _Answers()
+        )  # fmt: skip
         return connection
 
-    def _discard_connection(self) -> None:
-        """Close this thread's connection after a failure; the next call opens a fresh one."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
+    def _discard_connection(self, slot: _Slot) -> None:
+        """Close the slot's connection after a failure; the next call opens a fresh one."""
+        connection = slot.connection
+        if connection is None or slot.pid != os.getpid():
             return
-        self._local.connection = None
+        slot.connection = None
         with self._connections_lock:
-            self._connections = [entry for entry in self._connections if entry[2] is not connection]
-        self._close_connection(connection, self._local.identity)
+            self._connections = [entry for entry in self._connections if entry[1] is not connection]
+        self._close_connection(connection, slot.identity)
 
     @contextlib.contextmanager
-    def _translated_failures(self) -> Iterator[None]:
+    def _translated_failures(self, slot: _Slot) -> Iterator[None]:
         try:
             yield
         except UnicodeEncodeError as exc:
@@ -401,19 +413,20 @@ class SqliteStore(Store):
         except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError):
             raise
         except (sqlite3.DatabaseError, OSError) as exc:  # locked past the timeout, unwritable...
-            self._discard_connection()
+            self._discard_connection(slot)
             raise StoreUnavailable(f"sqlite store at {str(self.path)!r}: {exc}") from exc
 
     @contextlib.contextmanager
     def _turn(self, lock: threading.Lock, what: str) -> Iterator[None]:
         """Take this process's turn to ``what``, within the store's timeout.
 
-        The threads of one process read one at a time, and write one at a time:
-        the sqlite3 driver lets go of Python's GIL at every step of a statement,
-        and threads that fight over it at each step run several times slower
-        together than in turn (``bench/``: 4 threads did 7,200 lookups/s at
-        once, 16,500/s in turn). Reads and writes have a lock each, so a write
-        waiting on another process's lock never holds up lookups.
+        The threads of one process read one at a time, and write one at a time,
+        each on the process's one connection for it: the sqlite3 driver lets go
+        of Python's GIL at every step of a statement, and threads that fight over
+        it at each step run several times slower together than in turn
+        (``bench/``: 4 threads did 7,200 lookups/s at once, 16,500/s in turn).
+        Reads and writes have a lock each, so a write waiting on another
+        process's lock never holds up lookups.
         """
         if not lock.acquire(timeout=self.timeout if self.timeout > 0 else -1):
             raise StoreUnavailable(
@@ -427,19 +440,19 @@ class SqliteStore(Store):
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._translated_failures(), self._turn(self._read_lock, "read"):
-            yield self._connection()
+        """This thread's turn on the reading connection."""
+        with self._translated_failures(self._reader), self._turn(self._read_lock, "read"):
+            yield self._connection(self._reader)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        """This thread's turn to write: statements that each commit by themselves."""
-        with self._translated_failures(), self._turn(self._write_lock, "write"):
-            db = self._connection(write=True)
-            try:
-                yield db
-            finally:
-                # data_version does not count this connection's own commits.
-                self._local.answers.stamp = None
+        """This thread's turn on the writing connection: statements that each commit.
+
+        The reading connection's ``data_version`` counts these commits, as it
+        does those of every other connection.
+        """
+        with self._translated_failures(self._writer), self._turn(self._write_lock, "write"):
+            yield self._connection(self._writer, write=True)
 
     def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
         """Delete up to PURGE_BATCH expired rows, if the last purge is old enough."""
