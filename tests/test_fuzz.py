@@ -87,3 +87,17 @@ def test_random_requests_never_get_a_server_error() -> None:
         body_json = json.loads(response.body)
         if response.status_int >= 400:
             assert body_json["title"] and body_json["description"], body_json
+
+
+def test_query_strings_without_escapes_split_exactly_as_parse_qsl_does() -> None:
+    """The fast path for a query string with no ``%`` or ``+`` gives parse_qsl's pairs."""
+    from urllib.parse import parse_qsl
+
+    from keyard.request_fields import _url_encoded_pairs
+
+    rng = random.Random(7)
+    texts = ["", "&", "=", "a", "a=", "=b", "a==b", "&a=1&", "a=1&&b=2", "x=y=z&x"]
+    texts += ["".join(rng.choice("ab=&; .") for _ in range(rng.randrange(12))) for _ in range(2000)]
+    for text in texts:
+        expected = parse_qsl(text, keep_blank_values=True, encoding="latin-1", errors="strict")
+        assert _url_encoded_pairs(text, "the query string") == expected, text
