@@ -11,7 +11,9 @@ and wrapped in a Redis Cluster hash tag, so both keys of a service share a slot.
 Lookups read only the live range of the service's sorted set (O(instances of the
 service)); writes are Lua scripts, atomic, that also purge the service's expired
 members and set both keys to expire a minute after the service's last instance,
-so an abandoned service disappears by itself.
+so an abandoned service disappears by itself. Each write script also publishes the
+change it made on ``<prefix>:changes:db<n>``, for the stores whose ``cache`` option
+answers lookups from a per-process copy (:mod:`keyard.stores.redis_mirror`).
 """
 
 from __future__ import annotations
