@@ -11,7 +11,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -74,8 +74,15 @@ def call(url: str, method: str, fields: dict[str, Any]) -> tuple[int, Any]:
 class Keyard:
     """keyard under gunicorn: WORKERS sync workers, an access log naming the worker pid."""
 
-    def __init__(self, directory: Path, config: dict[str, Any], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: dict[str, Any],
+        env: dict[str, str],
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
+        self.extra_args = list(extra_args)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(config))
         self.env = {**env, "KEYARD_CONFIG": str(directory / "config.json")}
@@ -90,6 +97,7 @@ class Keyard:
             "--workers", str(WORKERS), "--worker-class", "sync",
             "--access-logfile", str(self.access_log),
             "--access-logformat", "%(p)s %(m)s %(s)s %(q)s",
+            *self.extra_args,
         ]  # fmt: skip
         return gunicorn_server.start("keyard.wsgi:app", self.port, self.env, args, timeout=60)
 
@@ -156,6 +164,53 @@ def test_every_worker_sees_every_registration_and_they_survive_a_restart(
         keyard.every_worker_answers({"service_name": "web"}, {"result": expected})
         status, body = call(keyard.url, "PUT", {"service_name": "web", "location": expected[0]})
         assert (status, body["ttl"]) == (200, 600), "known after the restart, TTL kept"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True])
+def test_with_the_redis_cache_every_worker_sees_every_change_within_a_bounded_wait(
+    preload: bool, redis_server: Any, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Each worker keeps its own copy (never one made in the master before the fork)."""
+    config = {
+        "store_type": "redis",
+        "redis": {"url": redis_server.url, "prefix": redis_prefix, "cache": True},
+    }
+    extra = ["--preload"] if preload else []
+    keyard = Keyard(tmp_path / "keyard", config, {}, extra)
+    expected = sorted(f"http://10.0.0.{n}:8000/" for n in range(REGISTRATIONS))
+    fields = {"service_name": "web"}
+    query = urllib.parse.urlencode(fields)
+
+    def every_worker_soon_answers(result: list[str]) -> None:
+        """Lookups until every worker has served some and, from some point, all are right."""
+
+        def right() -> bool:
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda _: call(keyard.url, "GET", fields), range(LOOKUPS)))
+            served = keyard.served_by("GET", query)
+            return answers == [(200, {"result": result})] * LOOKUPS and len(served) == WORKERS
+
+        wait_until(right, timeout=30, what=f"every worker answering {len(result)} locations")
+
+    with keyard.run() as server:
+        every_worker_soon_answers([])  # every worker has copied "web" (empty)
+        with ThreadPoolExecutor(6) as pool:
+            posted = list(
+                pool.map(
+                    lambda location: call(
+                        keyard.url, "POST", {**fields, "location": location, "ttl": 600}
+                    ),
+                    expected,
+                )
+            )
+        assert [status for status, _ in posted] == [201] * REGISTRATIONS
+        every_worker_soon_answers(expected)
+        status, _ = call(keyard.url, "DELETE", {**fields, "location": expected[0]})
+        assert status == 200
+        every_worker_soon_answers(expected[1:])
+        assert server.stop() == 0
+        assert "Traceback" not in server.output(), server.output()
 
 
 @pytest.mark.slow

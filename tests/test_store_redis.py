@@ -69,7 +69,10 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"hots": "x"}, "unknown option(s) hots='x'; valid options: db, host, password, port, "),
+        (
+            {"hots": "x"},
+            "unknown option(s) hots='x'; valid options: cache, db, host, password, port, ",
+        ),
         ({"url": "http://x"}, "option url must start with redis://, rediss:// or unix://"),
         ({"url": "redis://h", "port": 1}, "give either option url or port, not both"),
         ({"url": 5}, "option url must start with redis://"),

@@ -62,3 +62,10 @@ def whole_number(store: str, name: str, value: Any, *, minimum: int, maximum: in
             f"{store} store: option {name} must be between {minimum} and {maximum}, got {value}"
         )
     return value
+
+
+def flag(store: str, name: str, value: Any) -> bool:
+    """``true`` or ``false`` (in an environment variable: ``true``/``false``, parsed as JSON)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{store} store: option {name} must be true or false, got {value!r}")
+    return value

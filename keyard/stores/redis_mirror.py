@@ -1,0 +1,448 @@
+"""The redis store's ``cache`` option: a per-process copy of the services it is asked about.
+
+Every write script of the redis store publishes the change it made on one
+channel, ``<prefix>:changes:db<n>``, in the same script as the write (so the
+message is atomic with it and in the order Redis applied the writes):
+
+- ``<id>\\nput\\n<tag>\\n<member>\\n<expires_at>\\n<ttl>`` after a register or a
+  health check (the state the member now has);
+- ``<id>\\ndel\\n<tag>\\n<member>`` after a deregistration;
+- ``<token>\\nmark\\n<tag>`` from the script that reads a service for the copy.
+
+``<tag>`` is the service's percent-encoded name (as in its keys), ``<id>`` the
+writer's id for its own writes (empty when it has no copy). A :class:`Mirror`
+subscribes to that channel in a daemon thread and keeps, per service, the
+instances it has read or been told about. A service is copied the first time
+it is looked up: the lookup reads it with a script that also publishes a
+``mark``; changes published before the mark are already in what the script
+read, changes after it are applied on top, so nothing falls in between.
+
+The copy is used only while it is known to be complete: the subscription is up
+(its ``subscribe`` reply received, a ``PING`` on it answered within the timeout)
+and ``<prefix>:epoch``, a token the first copy writes, is still the one seen at
+subscription time (a FLUSHALL, FLUSHDB or a Redis restarted empty removes it).
+Otherwise every copy is dropped and lookups go to Redis until the thread has
+subscribed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from keyard.stores.base import Instance
+
+#: Seconds between two checks of the epoch key and of the subscription (PING).
+CHECK_INTERVAL = 0.5
+#: The most services one process copies; the one copied longest ago is dropped first.
+MAX_SERVICES = 10_000
+#: A service's copy is read again from Redis after this many seconds (a safety net
+#: against changes made to keyard's keys by other means than keyard's scripts).
+MAX_AGE = 60.0
+#: The longest wait between two attempts to subscribe while Redis cannot be reached.
+MAX_RECONNECT_WAIT = 1.0
+#: Service reads in flight at once; beyond it, lookups go to Redis without copying.
+MAX_LOADING = 1_000
+#: A read whose mark has not arrived after this many seconds is given up (it cannot
+#: happen while subscribed: a safety net, so that a service is never left uncopied).
+MAX_LOAD_WAIT = 10.0
+
+# SET NX then GET: the epoch every copy compares with; created by the first one.
+EPOCH_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+logger = logging.getLogger("keyard.stores.redis")
+
+ParseMember = Callable[[bytes], "tuple[str, str] | None"]
+
+
+class _Copy:
+    """The instances of one service known to this process, with the order lookups want."""
+
+    __slots__ = ("service_name", "tag", "instances", "ordered", "next_expiry", "loaded_at")
+
+    def __init__(self, service_name: str, tag: bytes, loaded_at: float) -> None:
+        self.service_name = service_name
+        self.tag = tag
+        self.instances: dict[tuple[str, str], Instance] = {}
+        self.ordered: list[Instance] | None = []
+        #: No instance expires before this time (a lower bound: refreshes do not raise it).
+        self.next_expiry = math.inf
+        self.loaded_at = loaded_at
+
+    def put(self, instance: Instance) -> None:
+        self.instances[(instance.version, instance.location)] = instance
+        self.ordered = None
+        if instance.expires_at < self.next_expiry:
+            self.next_expiry = instance.expires_at
+
+    def remove(self, version: str, location: str) -> None:
+        if self.instances.pop((version, location), None) is not None:
+            self.ordered = None
+
+    def live(self, version: str | None, now: float) -> list[Instance]:
+        if now >= self.next_expiry:
+            self._purge(now)
+        ordered = self.ordered
+        if ordered is None:
+            # Tuples: the same service name, then (version, location), which is unique.
+            ordered = self.ordered = sorted(self.instances.values())
+        if version is None:
+            return list(ordered)
+        return [instance for instance in ordered if instance.version == version]
+
+    def _purge(self, now: float) -> None:
+        """Drop the expired instances: O(instances of this service), only when one may be."""
+        expired = [key for key, i in self.instances.items() if i.expires_at <= now]
+        for key in expired:
+            del self.instances[key]
+        if expired:
+            self.ordered = None
+        self.next_expiry = min((i.expires_at for i in self.instances.values()), default=math.inf)
+
+
+class _Load:
+    """A service being read for the copy: waits for both its ``mark`` and the script's answer."""
+
+    __slots__ = (
+        "token",
+        "service_name",
+        "tag",
+        "generation",
+        "started",
+        "marked",
+        "after_mark",
+        "snapshot",
+    )
+
+    def __init__(self, token: bytes, service_name: str, tag: bytes, generation: int) -> None:
+        self.token = token
+        self.started = time.monotonic()
+        self.service_name = service_name
+        self.tag = tag
+        self.generation = generation
+        self.marked = False
+        self.after_mark: list[list[bytes]] = []
+        self.snapshot: list[Instance] | None = None
+
+
+class Mirror:
+    """A copy of the services this process looks up, kept current by a subscription.
+
+    Thread-safe; one per process (:attr:`pid`): the store builds a new one in a
+    forked child. :meth:`start` starts the daemon thread, :meth:`stop` ends it.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        channel: str,
+        epoch_key: str,
+        timeout: float,
+        parse_member: ParseMember,
+    ) -> None:
+        self.pid = os.getpid()
+        self._client = client
+        self._channel = channel
+        self._epoch_script = client.register_script(EPOCH_LUA)
+        self._epoch_key = epoch_key
+        self._timeout = timeout
+        self._parse_member = parse_member
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer = uuid.uuid4().hex[:12]
+        self._write_numbers = itertools.count()
+        # All below under self._lock.
+        self._current = False
+        self._generation = 0
+        self._epoch: bytes | None = None
+        self._by_name: dict[str, _Copy] = {}  # in the order copied: the oldest first
+        self._by_tag: dict[bytes, _Copy] = {}
+        self._loading: dict[bytes, _Load] = {}  # by token
+        self._loading_tags: dict[bytes, _Load] = {}
+        # This process's writes published but not yet received: id -> (tag, member, applied).
+        self._own: dict[bytes, tuple[bytes, bytes, bool]] = {}
+        # (tag, member) -> how many of this process's writes to it were applied ahead of
+        # the subscription; while > 0, changes received for it are older than those.
+        self._ahead: dict[tuple[bytes, bytes], int] = {}
+        #: Counters for tests and measurements.
+        self.received = 0
+        self.resets = 0
+        self._was_current = False
+
+    # -- the thread --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"keyard-redis-mirror-{self._channel}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (within CHECK_INTERVAL) and drop the copy."""
+        self._stop.set()
+        with self._lock:
+            self._current = False
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=CHECK_INTERVAL + self._timeout + 1)
+        self._reset()
+
+    @property
+    def current(self) -> bool:
+        """Whether lookups may be answered from the copy right now."""
+        return self._current
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub()
+            self._was_current = False
+            try:
+                pubsub.subscribe(self._channel)
+                self._listen(pubsub)
+            except Exception as exc:  # noqa: BLE001 - any failure: changes may have been missed
+                failures = 1 if self._was_current else failures + 1
+                log = logger.warning if failures == 1 else logger.debug
+                log("redis cache: lookups go to Redis until subscribed again: %s", exc)
+            else:
+                failures = 0
+            finally:
+                self._reset()
+                with contextlib.suppress(Exception):  # a dead connection closes as it can
+                    pubsub.close()
+            if failures:
+                self._stop.wait(min(MAX_RECONNECT_WAIT, 0.05 * 2 ** min(failures, 5)))
+
+    def _listen(self, pubsub: Any) -> None:
+        """Apply changes until stopped; raise when the copy can no longer be trusted."""
+        subscribed_by = time.monotonic() + self._timeout
+        next_check = math.inf
+        pong_by = math.inf
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=CHECK_INTERVAL)
+            now = time.monotonic()
+            if message is not None:
+                kind = message["type"]
+                if kind == "message":
+                    self._receive(message["data"])
+                elif kind == "subscribe":
+                    self._check_epoch()
+                    with self._lock:
+                        self._current = True
+                    self._was_current = True
+                    next_check = now + CHECK_INTERVAL
+                elif kind == "pong":
+                    pong_by = math.inf
+            elif next_check == math.inf and now > subscribed_by:
+                raise redis.exceptions.TimeoutError("no answer to SUBSCRIBE")
+            if now >= next_check:
+                if now > pong_by:
+                    raise redis.exceptions.TimeoutError("no answer to PING on the subscription")
+                self._check_epoch()
+                self._drop_old(now)
+                if pong_by == math.inf:
+                    pubsub.ping()
+                    pong_by = now + self._timeout
+                next_check = now + CHECK_INTERVAL
+
+    def _check_epoch(self) -> None:
+        """Compare ``<prefix>:epoch`` with the one seen at subscription; a new one drops all."""
+        epoch = self._epoch_script(keys=[self._epoch_key], args=[uuid.uuid4().hex])
+        with self._lock:
+            if self._epoch is None:
+                self._epoch = epoch
+            elif epoch != self._epoch:  # flushed, or restarted empty: every copy is stale
+                self._drop_copies()
+                self._epoch = epoch
+
+    def _drop_old(self, now: float) -> None:
+        with self._lock:
+            while self._by_name:
+                oldest = next(iter(self._by_name.values()))
+                if now - oldest.loaded_at <= MAX_AGE:
+                    break
+                self._forget(oldest)
+            while self._loading:
+                load = next(iter(self._loading.values()))
+                if now - load.started <= MAX_LOAD_WAIT:
+                    break
+                del self._loading[load.token]
+                del self._loading_tags[load.tag]
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._current = False
+            self._epoch = None
+            self._drop_copies()
+
+    def _drop_copies(self) -> None:
+        """Under the lock: forget every copy, load and write in flight."""
+        self._generation += 1
+        self._by_name.clear()
+        self._by_tag.clear()
+        self._loading.clear()
+        self._loading_tags.clear()
+        self._own.clear()
+        self._ahead.clear()
+        self.resets += 1
+
+    def _forget(self, copy: _Copy) -> None:
+        del self._by_name[copy.service_name]
+        del self._by_tag[copy.tag]
+
+    # -- changes received --------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        self.received += 1
+        fields = data.split(b"\n")
+        if len(fields) < 3:
+            return  # not a message keyard wrote
+        write_id, kind, tag = fields[0], fields[1], fields[2]
+        with self._lock:
+            if kind == b"mark":
+                load = self._loading.get(write_id)
+                if load is not None:
+                    load.marked = True
+                    if load.snapshot is not None:
+                        self._install(load)
+                return
+            if len(fields) < 4:
+                return
+            member = fields[3]
+            own = self._own.pop(write_id, None) if write_id else None
+            if own is not None and own[2]:
+                key = (own[0], own[1])
+                left = self._ahead[key] - 1
+                if left:
+                    self._ahead[key] = left
+                else:
+                    del self._ahead[key]
+            elif self._ahead and (tag, member) in self._ahead:
+                return  # older than a write of this process already applied
+            copy = self._by_tag.get(tag)
+            if copy is not None:
+                self._apply(copy, fields)
+                return
+            load = self._loading_tags.get(tag)
+            if load is not None and load.marked:
+                load.after_mark.append(fields)
+            # else: a service this process has not copied, or a change the read includes
+
+    def _apply(self, copy: _Copy, fields: list[bytes]) -> None:
+        key = self._parse_member(fields[3])
+        if key is None:
+            return
+        if fields[1] == b"put" and len(fields) == 6:
+            version, location = key
+            copy.put(
+                Instance(copy.service_name, version, location, int(fields[5]), float(fields[4]))
+            )
+        elif fields[1] == b"del":
+            copy.remove(*key)
+
+    def _install(self, load: _Load) -> None:
+        """Under the lock: the service's read and the changes after its mark become its copy."""
+        del self._loading[load.token]
+        del self._loading_tags[load.tag]
+        old = self._by_name.get(load.service_name)
+        if old is not None:
+            self._forget(old)
+        copy = _Copy(load.service_name, load.tag, time.monotonic())
+        for instance in load.snapshot or ():
+            copy.put(instance)
+        for fields in load.after_mark:
+            self._apply(copy, fields)
+        self._by_name[load.service_name] = copy
+        self._by_tag[load.tag] = copy
+        while len(self._by_name) > MAX_SERVICES:
+            self._forget(next(iter(self._by_name.values())))
+
+    # -- lookups -----------------------------------------------------------------
+
+    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance] | None:
+        """The live instances from the copy, or None when the copy cannot answer."""
+        with self._lock:
+            if not self._current:
+                return None
+            copy = self._by_name.get(service_name)
+            if copy is None:
+                return None
+            if time.monotonic() - copy.loaded_at > MAX_AGE:
+                self._forget(copy)
+                return None
+            return copy.live(version, now)
+
+    def begin_load(self, service_name: str, tag: bytes) -> bytes | None:
+        """A token for the script that reads the service and publishes its mark, or None
+        when the service should be read without copying (not current, already loading)."""
+        with self._lock:
+            if not self._current or tag in self._loading_tags:
+                return None
+            if len(self._loading) >= MAX_LOADING or service_name in self._by_name:
+                return None
+            token = f"{self._writer}L{next(self._write_numbers)}".encode("ascii")
+            load = _Load(token, service_name, tag, self._generation)
+            self._loading[token] = load
+            self._loading_tags[tag] = load
+            return token
+
+    def finish_load(self, token: bytes, instances: list[Instance] | None) -> None:
+        """Hand over what the script read (live instances), or None when it failed."""
+        with self._lock:
+            load = self._loading.get(token)
+            if load is None or load.generation != self._generation:
+                return
+            if instances is None:
+                del self._loading[token]
+                del self._loading_tags[load.tag]
+                return
+            load.snapshot = instances
+            if load.marked:
+                self._install(load)
+
+    # -- this process's writes -----------------------------------------------------
+
+    def begin_write(self, tag: bytes, member: bytes) -> tuple[str, int]:
+        """An id for a write script to publish with, and the generation it was issued in."""
+        with self._lock:
+            write_id = f"{self._writer}W{next(self._write_numbers)}"
+            self._own[write_id.encode("ascii")] = (tag, member, False)
+            return write_id, self._generation
+
+    def finish_write(
+        self, write_id: str, generation: int, change: Instance | tuple[str, str] | None
+    ) -> None:
+        """Apply this process's write to the copy at once: ``change`` is the stored instance,
+        a removed ``(version, location)``, or None when the write failed."""
+        key = write_id.encode("ascii")
+        with self._lock:
+            own = self._own.get(key)
+            if own is None or generation != self._generation:
+                return  # already received (and applied in order), or the copy was dropped
+            tag, member, _ = own
+            copy = self._by_tag.get(tag)
+            if change is None or copy is None:
+                del self._own[key]  # nothing to apply ahead; received later as any change
+                return
+            self._own[key] = (tag, member, True)
+            self._ahead[(tag, member)] = self._ahead.get((tag, member), 0) + 1
+            if isinstance(change, Instance):
+                copy.put(change)
+            else:
+                copy.remove(*change)

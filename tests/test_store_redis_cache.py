@@ -1,0 +1,520 @@
+"""The redis store's ``cache`` option against a real redis-server.
+
+The contract suite runs twice with the cache on: once as keyard uses the store
+(a service's first lookup reads Redis and copies it, later ones read the copy),
+and once with every lookup answered from the copy. Then: changes made through
+another store object (another keyard process) reach the copy within a bounded
+wait, expiry needs no write, and the copy is never used while it may be
+incomplete (Redis stopped, restarted, flushed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from keyard.errors import ConfigError, StoreUnavailable
+from keyard.helpers import config
+from keyard.stores import create_store, redis_mirror
+from keyard.stores.base import Instance
+from keyard.stores.redis import RedisStore
+from keyard.stores.redis_mirror import Mirror
+from tests.redis_server import RedisServer
+from tests.store_contract import StoreContract, locations, make
+
+#: How long a change may take to reach another process's copy in these tests.
+PROPAGATION = 2.0
+
+
+def poll(check: Callable[[], bool], timeout: float = PROPAGATION) -> bool:
+    """Whether ``check()`` became true within ``timeout`` seconds (checked every ms or so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+
+
+def started_mirror(store: RedisStore) -> Mirror:
+    """The store's copy, once current (its thread subscribed)."""
+    mirror = store._mirror_here()
+    assert mirror is not None
+    assert poll(lambda: mirror.current, timeout=10), "the cache never became current"
+    return mirror
+
+
+def copied(store: RedisStore, service_name: str) -> Mirror:
+    """Look the service up until the copy answers for it; the copy."""
+    mirror = started_mirror(store)
+    assert poll(
+        lambda: (
+            store.lookup(service_name, None, time.time()) is not None
+            and mirror.lookup(service_name, None, time.time()) is not None
+        )
+    ), f"{service_name!r} never copied"
+    return mirror
+
+
+def cached_store(server: RedisServer, prefix: str, **options: object) -> RedisStore:
+    store = create_store("redis", {"url": server.url, "prefix": prefix, "cache": True, **options})
+    assert isinstance(store, RedisStore) and store.cache is True
+    return store
+
+
+class TestCachedRedisStore(StoreContract):
+    """The contract, with lookups as keyard makes them: read and copy, then from the copy."""
+
+    @pytest.fixture
+    def store(self, redis_server: RedisServer, redis_prefix: str) -> Iterator[RedisStore]:
+        store = cached_store(redis_server, redis_prefix)
+        started_mirror(store)
+        yield store
+        store.close()
+
+
+class CopyOnlyLookups(RedisStore):
+    """Every lookup answered from the copy: the service is copied first, then read there."""
+
+    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+        mirror = started_mirror(self)
+        super().lookup(service_name, version, now)  # copies the service if it is not yet
+        found: list[list[Instance]] = []
+        assert poll(
+            lambda: (
+                (answer := mirror.lookup(service_name, version, now)) is not None
+                and not found.append(answer)
+            )
+        ), f"{service_name!r} never copied"
+        return found[0]
+
+
+class TestRedisStoreCopy(StoreContract):
+    """The contract, with every lookup answered by the copy."""
+
+    @pytest.fixture
+    def store(self, redis_server: RedisServer, redis_prefix: str) -> Iterator[RedisStore]:
+        store = CopyOnlyLookups.from_options(
+            {"url": redis_server.url, "prefix": redis_prefix, "cache": True}
+        )
+        yield store
+        store.close()
+
+
+# -- the option ------------------------------------------------------------------
+
+
+def test_the_cache_is_off_by_default_and_set_by_the_option_or_the_environment(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    off = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    assert isinstance(off, RedisStore) and off.cache is False
+    off.lookup("web", None, time.time())
+    assert off._mirror is None, "no copy, no thread without the option"
+    off.close()
+    loaded = config.load(
+        environ={
+            "KEYARD_STORE_TYPE": "redis",
+            "KEYARD_REDIS_URL": redis_server.url,
+            "KEYARD_REDIS_CACHE": "true",
+        }
+    )
+    on = create_store(loaded.store_type, loaded.store_options)
+    assert isinstance(on, RedisStore) and on.cache is True
+    on.close()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true", None])
+def test_a_cache_option_that_is_not_a_boolean_is_refused(value: object) -> None:
+    with pytest.raises(ConfigError, match=f"option cache must be true or false, got {value!r}"):
+        create_store("redis", {"cache": value})
+
+
+# -- changes from elsewhere --------------------------------------------------------
+
+
+def test_changes_through_another_store_reach_the_copy_within_a_bounded_wait(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    reader = cached_store(redis_server, redis_prefix)
+    writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        writer.register(make(location="a", ttl=300))
+        mirror = copied(reader, "web")
+
+        def from_copy() -> list[tuple[str, int]]:
+            answer = mirror.lookup("web", None, time.time())
+            assert answer is not None, "the copy stopped answering"
+            return [(i.location, i.ttl) for i in answer]
+
+        writer.register(make(location="b", ttl=300))
+        assert poll(lambda: from_copy() == [("a", 300), ("b", 300)]), from_copy()
+        writer.register(make(location="a", ttl=40))
+        assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
+        refreshed, new = writer.refresh(make(location="b", ttl=5))
+        assert (refreshed.ttl, new) == (300, False)
+        assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
+        assert writer.deregister("web", "1.0", "a", time.time()) is True
+        assert poll(lambda: from_copy() == [("b", 300)]), from_copy()
+        assert locations(reader.lookup("web", None, time.time())) == ["b"]
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_instances_leave_the_copy_at_their_expiry_without_any_write(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    reader = cached_store(redis_server, redis_prefix)
+    writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        writer.register(make(location="lasting", ttl=300))
+        mirror = copied(reader, "web")
+        brief = make(location="brief", ttl=1)
+        writer.register(brief)
+        assert poll(lambda: len(reader.lookup("web", None, time.time())) == 2)
+        # At its expiry exactly, and after, never returned; before it, returned.
+        assert locations(mirror.lookup("web", None, brief.expires_at - 0.001) or []) == [
+            "brief",
+            "lasting",
+        ]
+        assert locations(mirror.lookup("web", None, brief.expires_at) or []) == ["lasting"]
+        assert locations(mirror.lookup("web", "1.0", brief.expires_at + 1) or []) == ["lasting"]
+        # In real time, nothing written meanwhile.
+        time.sleep(max(0.0, brief.expires_at - time.time()))
+        assert locations(reader.lookup("web", None, time.time())) == ["lasting"]
+        assert mirror.lookup("web", None, time.time()) is not None, "answered by the copy"
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_own_writes_are_in_the_copy_at_once(redis_server: RedisServer, redis_prefix: str) -> None:
+    store = cached_store(redis_server, redis_prefix)
+    try:
+        store.register(make(location="a"))
+        mirror = copied(store, "web")
+        for n in range(50):
+            store.register(make(location=f"n{n}", ttl=100 + n))
+            answer = mirror.lookup("web", None, time.time())
+            assert answer is not None and f"n{n}" in locations(answer)
+            refreshed, _ = store.refresh(make(location=f"n{n}", ttl=5))
+            assert refreshed in (mirror.lookup("web", None, time.time()) or [])
+            assert store.deregister("web", "1.0", f"n{n}", time.time()) is True
+            assert locations(mirror.lookup("web", None, time.time()) or []) == ["a"]
+    finally:
+        store.close()
+
+
+def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """This process's writes, applied ahead of the subscription, never undo later ones."""
+    mine = cached_store(redis_server, redis_prefix)
+    other = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    direct = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        mine.register(make(location="seed"))
+        mirror = copied(mine, "web")
+        stop = time.monotonic() + 1.5
+
+        def churn(store: object, ttl: int) -> None:
+            assert isinstance(store, RedisStore)
+            n = 0
+            while time.monotonic() < stop:
+                location = f"k{n % 5}"
+                store.register(make(location=location, ttl=ttl))
+                if n % 3 == 0:
+                    store.deregister("web", "1.0", location, time.time())
+                n += 1
+
+        threads = [
+            threading.Thread(target=churn, args=(mine, 100)),
+            threading.Thread(target=churn, args=(mine, 200)),
+            threading.Thread(target=churn, args=(other, 300)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+        def same_as_redis() -> bool:
+            now = time.time()
+            truth = [(i.location, i.ttl, i.expires_at) for i in direct.lookup("web", None, now)]
+            copy = [
+                (i.location, i.ttl, i.expires_at) for i in mirror.lookup("web", None, now) or []
+            ]
+            return copy == truth
+
+        assert poll(same_as_redis)
+    finally:
+        for store in (mine, other, direct):
+            store.close()
+
+
+# -- when the copy may be incomplete ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_store(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    timeout = 0.5
+    store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
+    try:
+        store.register(make(location="before", ttl=300))
+        mirror = copied(store, "web")
+
+        own_redis_server.stop()
+
+        def unavailable() -> bool:
+            try:
+                store.lookup("web", None, time.time())
+            except StoreUnavailable:
+                return True
+            return False
+
+        assert poll(unavailable), "the copy went on answering with Redis down"
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="cannot be reached"):
+                store.lookup("web", None, time.time())
+            assert time.monotonic() - started < timeout + 1
+        assert mirror.current is False
+
+        own_redis_server.start()  # empty: no persistence
+        assert poll(lambda: not unavailable(), timeout=10)
+        assert store.lookup("web", None, time.time()) == [], "nothing from before the restart"
+        other = create_store("redis", {"url": own_redis_server.url, "prefix": redis_prefix})
+        try:
+            other.register(make(location="after", ttl=300))
+            assert poll(
+                lambda: (
+                    locations(store.lookup("web", None, time.time())) == ["after"]
+                    and locations(mirror.lookup("web", None, time.time()) or []) == ["after"]
+                ),
+                timeout=10,
+            ), "the copy did not come back by itself"
+        finally:
+            other.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_a_paused_redis_is_store_unavailable_once_the_subscription_check_fails(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    timeout = 0.5
+    store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
+    try:
+        store.register(make(location="a", ttl=300))
+        mirror = copied(store, "web")
+        own_redis_server.pause()
+        try:
+            bound = redis_mirror.CHECK_INTERVAL + timeout + 1
+            assert poll(lambda: not mirror.current, timeout=bound), "never noticed the pause"
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="cannot be reached"):
+                store.lookup("web", None, time.time())
+            assert time.monotonic() - started < timeout + 1
+        finally:
+            own_redis_server.resume()
+        assert poll(lambda: mirror.current, timeout=10)
+        assert locations(store.lookup("web", None, time.time())) == ["a"]
+    finally:
+        store.close()
+
+
+def test_a_flushall_leaves_no_stale_instance_in_the_copy(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = cached_store(redis_server, redis_prefix)
+    other = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        store.register(make(location="old", ttl=300))
+        mirror = copied(store, "web")
+        client.flushall()
+        other.register(make(location="new", ttl=300))  # a write after the flush, elsewhere
+        bound = redis_mirror.CHECK_INTERVAL + PROPAGATION
+        assert poll(
+            lambda: locations(store.lookup("web", None, time.time())) == ["new"], timeout=bound
+        ), locations(store.lookup("web", None, time.time()))
+        assert poll(lambda: mirror.lookup("web", None, time.time()) is not None)
+        assert locations(mirror.lookup("web", None, time.time()) or []) == ["new"]
+    finally:
+        client.close()
+        other.close()
+        store.close()
+
+
+# -- the thread and fork ---------------------------------------------------------------
+
+
+def test_the_thread_is_a_daemon_and_stops_on_close(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = cached_store(redis_server, redis_prefix)
+    mirror = started_mirror(store)
+    thread = mirror._thread
+    assert thread is not None and thread.daemon and thread.is_alive()
+    store.close()
+    thread.join(timeout=redis_mirror.CHECK_INTERVAL + 2)
+    assert not thread.is_alive()
+    assert mirror.current is False
+
+
+def test_a_copy_that_waits_uses_no_cpu(redis_server: RedisServer, redis_prefix: str) -> None:
+    """The thread blocks on the subscription (and checks twice a second): no busy loop."""
+    store = cached_store(redis_server, redis_prefix)
+    try:
+        started_mirror(store)
+        before = time.process_time()
+        time.sleep(1.0)
+        assert time.process_time() - before < 0.1
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_prefix: str) -> None:
+    store = cached_store(redis_server, redis_prefix)
+    writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        store.register(make(location="a", ttl=300))
+        parent_mirror = copied(store, "web")
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it has a copy of its own that works
+            code = 1
+            try:
+                child_mirror = copied(store, "web")
+                writer.register(make(location="b", ttl=300))
+                ok = poll(
+                    lambda: (
+                        locations(child_mirror.lookup("web", None, time.time()) or []) == ["a", "b"]
+                    )
+                )
+                if child_mirror is not parent_mirror and child_mirror.pid == os.getpid() and ok:
+                    code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish")
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's copy saw the child's write too.
+        assert poll(
+            lambda: locations(parent_mirror.lookup("web", None, time.time()) or []) == ["a", "b"]
+        )
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_the_copy_holds_at_most_max_services(
+    redis_server: RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_mirror, "MAX_SERVICES", 3)
+    store = cached_store(redis_server, redis_prefix)
+    try:
+        for n in range(6):
+            store.register(make(service=f"s{n}", location="x"))
+            copied(store, f"s{n}")
+        mirror = started_mirror(store)
+        assert list(mirror._by_name) == ["s3", "s4", "s5"]
+        assert locations(store.lookup("s0", None, time.time())) == ["x"], "read from Redis"
+    finally:
+        store.close()
+
+
+# -- the order of this process's writes and the subscription (no thread, no server) -----
+
+
+def unstarted_mirror_with_web(*instances: Instance) -> Mirror:
+    """A mirror fed by hand: current, with ``web`` copied from ``instances``."""
+    from keyard.stores.redis import _parse_member
+
+    mirror = Mirror(
+        redis.Redis(port=1),  # never connected: the test plays the subscription
+        channel="c",
+        epoch_key="e",
+        timeout=1.0,
+        parse_member=_parse_member,
+    )
+    mirror._current = True
+    token = mirror.begin_load("web", b"web")
+    assert token is not None
+    mirror._receive(token + b"\nmark\nweb")
+    mirror.finish_load(token, list(instances))
+    assert mirror.lookup("web", None, time.time()) == list(instances)
+    return mirror
+
+
+def put(write_id: bytes, instance: Instance) -> bytes:
+    member = f'["{instance.version}","{instance.location}"]'.encode()
+    return b"\n".join(
+        [write_id, b"put", b"web", member, repr(instance.expires_at).encode(), b"%d" % instance.ttl]
+    )
+
+
+def delete(write_id: bytes, location: str) -> bytes:
+    return b"\n".join([write_id, b"del", b"web", f'["1.0","{location}"]'.encode()])
+
+
+def test_an_own_write_received_before_its_reply_is_not_applied_again_over_later_changes() -> None:
+    mirror = unstarted_mirror_with_web()
+    mine = make(location="k", ttl=100)
+    write_id, generation = mirror.begin_write(b"web", b'["1.0","k"]')
+    mirror._receive(put(write_id.encode(), mine))  # published, received before the reply
+    mirror._receive(delete(b"", "k"))  # then another process removes it
+    mirror.finish_write(write_id, generation, mine)  # the reply, late
+    assert mirror.lookup("web", None, time.time()) == []
+
+
+def test_changes_older_than_an_own_write_applied_ahead_are_skipped() -> None:
+    mirror = unstarted_mirror_with_web()
+    older = make(location="k", ttl=7)
+    mine = make(location="k", ttl=100)
+    write_id, generation = mirror.begin_write(b"web", b'["1.0","k"]')
+    mirror.finish_write(write_id, generation, mine)  # the reply first: applied at once
+    assert mirror.lookup("web", None, time.time()) == [mine]
+    mirror._receive(put(b"other-1", older))  # another process's write, before mine in Redis
+    assert mirror.lookup("web", None, time.time()) == [mine]
+    mirror._receive(put(write_id.encode(), mine))
+    mirror._receive(delete(b"other-2", "k"))  # after mine: applied
+    assert mirror.lookup("web", None, time.time()) == []
+    assert mirror._own == {} and mirror._ahead == {}
+
+
+def test_changes_between_a_read_and_its_mark_are_not_applied_twice() -> None:
+    from keyard.stores.redis import _parse_member
+
+    mirror = Mirror(
+        redis.Redis(port=1), channel="c", epoch_key="e", timeout=1.0, parse_member=_parse_member
+    )
+    mirror._current = True
+    token = mirror.begin_load("web", b"web")
+    assert token is not None
+    a, b = make(location="a"), make(location="b")
+    mirror._receive(delete(b"x", "a"))  # before the read: already in what it read
+    mirror._receive(token + b"\nmark\nweb")
+    mirror._receive(put(b"y", b))  # after the read: applied on top of it
+    assert mirror.lookup("web", None, time.time()) is None, "not copied before the read arrives"
+    mirror.finish_load(token, [a])
+    assert mirror.lookup("web", None, time.time()) == [a, b]
