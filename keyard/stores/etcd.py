@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import wraps
 from typing import Any, NamedTuple, TypeVar, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import etcd
 import urllib3
@@ -71,6 +71,7 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 _DISCOVERY_ERRORS: tuple[type[Exception], ...] = (*_DRIVER_ERRORS, ValueError, KeyError, TypeError)
+_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 #: The longest key segment kept readable; longer parts are stored under a digest.
 MAX_SEGMENT = 150
 #: The longest base path, so that every request line stays far below etcd's 4 KiB.
@@ -220,6 +221,10 @@ class _Member(etcd.Client):
       request three more times and break the store's time bound.
     - Each request's timeout comes from the calling thread (:meth:`timeout`),
       because python-etcd's ``write`` and ``delete`` take none.
+    - The keys requests go through :meth:`request`, straight to the member's
+      connection pool with a request target built once: python-etcd's
+      ``read``/``write`` cost about as much Python time as etcd takes to answer
+      (a URL parsed and re-encoded twice per request, a result object per node).
     """
 
     def __init__(self, endpoint: _Endpoint, protocol: str, pool_size: int) -> None:
@@ -234,6 +239,8 @@ class _Member(etcd.Client):
             per_host_pool_size=pool_size,
         )
         self.http = urllib3.PoolManager(num_pools=2, maxsize=pool_size, retries=False)
+        self._pool_args = (host, endpoint.port, pool_size)
+        self.pool = self._new_pool()
         self.endpoint = endpoint
         self._local = threading.local()
 
@@ -246,8 +253,67 @@ class _Member(etcd.Client):
         """Give the calling thread's requests ``seconds`` in all, connecting included."""
         return _TimeoutScope(self._local, urllib3.Timeout(total=max(seconds, 0.001)))
 
+    def request(self, method: str, path: str, fields: Mapping[str, str]) -> dict[str, Any]:
+        """One v2 keys request (``path`` is URL-encoded already); etcd's JSON answer.
+
+        etcd's error answers raise python-etcd's exceptions (``EtcdKeyNotFound``
+        ...), as its ``read``/``write`` do; a failure to get an answer raises
+        ``EtcdConnectionFailed`` with the urllib3 error as its ``cause``.
+        """
+        target = f"/v2/keys{path}"
+        body = None
+        headers = None
+        if method in ("GET", "DELETE"):
+            if fields:
+                target = f"{target}?{urlencode(fields)}"
+        else:
+            body = urlencode(fields)
+            headers = _FORM_HEADERS
+        try:
+            response = self.pool.urlopen(
+                method,
+                target,
+                body=body,
+                headers=headers,
+                timeout=self.read_timeout,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+            )
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise etcd.EtcdConnectionFailed(
+                f"Connection to etcd failed due to {exc!r}", cause=exc
+            ) from exc
+        try:
+            self._check_cluster_id(response)
+        except etcd.EtcdClusterIdChanged:
+            self.pool.close()  # connect afresh to the new cluster next time
+            self.pool = self._new_pool()
+            raise
+        try:
+            answer = json.loads(response.data)
+        except (ValueError, RecursionError):
+            answer = None
+        if response.status in (200, 201) and isinstance(answer, dict):
+            return answer
+        if response.status in (200, 201):
+            raise etcd.EtcdException(f"etcd's answer is not JSON: {response.data[:200]!r}")
+        if isinstance(answer, dict):
+            answer["status"] = response.status
+        else:  # as python-etcd reports it (see _without_v2_api)
+            answer = {"message": "Bad response", "cause": response.data.decode("utf-8", "replace")}
+        etcd.EtcdError.handle(answer)  # raises the exception that stands for the answer
+        raise etcd.EtcdException(f"etcd answered {response.status}: {answer}")
+
     def close(self) -> None:
+        self.pool.close()
         self.http.clear()
+
+    def _new_pool(self) -> urllib3.HTTPConnectionPool:
+        host, port, size = self._pool_args
+        if self.protocol == "https":
+            return urllib3.HTTPSConnectionPool(host, port, maxsize=size, retries=False)
+        return urllib3.HTTPConnectionPool(host, port, maxsize=size, retries=False)
 
 
 class _TimeoutScope:
@@ -384,6 +450,7 @@ class EtcdStore(Store):
         self._current = 0  # index into _members of the member that answered last
         self._lock = threading.Lock()  # guards changes to _members
         self._discovered_at: float | None = None
+        self._parsed: dict[tuple[str, str], Instance | None] = {}
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EtcdStore:
@@ -415,52 +482,88 @@ class EtcdStore(Store):
         # The writer token tells this call's own write apart from anyone else's
         # when a request is resent after its answer was lost (a member died).
         token = uuid.uuid4().hex
-        value = json.dumps(
-            {
-                "service_name": instance.service_name,
-                "version": instance.version,
-                "location": instance.location,
-                "ttl": instance.ttl,
-                "expires_at": instance.expires_at,
-                "writer": token,
-            }
-        )
-        ttl = max(1, instance.ttl)
+        fields = _write_fields(instance, token)
         decided: bool | None = None  # the answer of an update this call made
         while True:
             try:
-                self._call(deadline, "write", path, value, ttl=ttl, prevExist=False)
+                self._call(deadline, "PUT", path, **fields, prevExist="false")
                 return True
             except etcd.EtcdAlreadyExist:
                 pass
             try:
-                current = self._call(deadline, "read", path, quorum=True)
+                current = self._read(deadline, path, quorum=True)
             except etcd.EtcdKeyNotFound:
                 continue  # expired or removed meanwhile: create it again
-            if current.dir:
+            if current.get("dir"):
                 raise self._unavailable(f"{key} is a directory in etcd, not an instance")
-            record = _record(current.value)
+            record = _record(current.get("value"))
             if record is not None and record.get("writer") == token:
                 return True if decided is None else decided
             live = record is not None and record["expires_at"] > now
             try:
-                self._call(deadline, "write", path, value, ttl=ttl, prevIndex=current.modifiedIndex)
+                self._call(deadline, "PUT", path, **fields, prevIndex=current["modifiedIndex"])
                 return not live
             except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
                 decided = not live  # in case the failed compare was our own resent write
                 continue
 
     @_at_the_edge
+    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
+        """One read and one compare-and-swap write (the base class takes four requests).
+
+        The first read is a local one (no quorum, so it costs etcd no raft
+        round): the write that follows only succeeds if the key is still
+        exactly as read (``prevIndex``, or ``prevExist=false`` when absent), so
+        a stale read costs one more round, with a quorum read, never a wrong
+        answer.
+        """
+        deadline = time.monotonic() + self.timeout
+        key = self._key(instance.service_name, instance.version, instance.location)
+        path = _url_path(key)
+        now = instance.expires_at - instance.ttl
+        token = uuid.uuid4().hex
+        quorum = False
+        decided: tuple[Instance, bool] | None = None  # the answer of a write this call made
+        while True:
+            try:
+                current: dict[str, Any] | None = self._read(deadline, path, quorum=quorum)
+            except etcd.EtcdKeyNotFound:
+                current = None
+            quorum = True
+            if current is not None and current.get("dir"):
+                raise self._unavailable(f"{key} is a directory in etcd, not an instance")
+            if current is not None and decided is not None:
+                record = _record(current.get("value"))
+                if record is not None and record.get("writer") == token:
+                    return decided
+            value = None if current is None else current.get("value")
+            known = None if value is None else self._parse(key, value)
+            if known is not None and known.expires_at > now:
+                answer = (instance._replace(ttl=known.ttl, expires_at=now + known.ttl), False)
+            else:
+                answer = (instance, True)
+            fields = _write_fields(answer[0], token)
+            try:
+                if current is None:
+                    self._call(deadline, "PUT", path, **fields, prevExist="false")
+                else:
+                    self._call(deadline, "PUT", path, **fields, prevIndex=current["modifiedIndex"])
+                return answer
+            except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+                decided = answer  # in case the failed compare was our own resent write
+
+    @_at_the_edge
     def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
         deadline = time.monotonic() + self.timeout
-        path = _url_path(self._key(service_name, version, location))
+        key = self._key(service_name, version, location)
         try:
-            node = self._call(deadline, "read", path, quorum=True)
+            node = self._read(deadline, _url_path(key), quorum=True)
         except (etcd.EtcdKeyNotFound, etcd.EtcdNotDir):
             return None
-        if node.dir:
+        if node.get("dir"):
             return None
-        instance = self._instance(node.key, node.value)
+        value = node.get("value")
+        instance = None if value is None else self._parse(node["key"], value)
         if instance is None or instance.expires_at <= now:
             return None
         return instance
@@ -471,15 +574,15 @@ class EtcdStore(Store):
         path = _url_path(self._key(service_name, version, location))
         while True:
             try:
-                current = self._call(deadline, "read", path, quorum=True)
+                current = self._read(deadline, path, quorum=True)
             except etcd.EtcdKeyNotFound:
                 return False
-            if current.dir:
+            if current.get("dir"):
                 return False
-            record = _record(current.value)
+            record = _record(current.get("value"))
             live = record is not None and record["expires_at"] > now
             try:
-                self._call(deadline, "delete", path, prevIndex=current.modifiedIndex)
+                self._call(deadline, "DELETE", path, prevIndex=current["modifiedIndex"])
             except etcd.EtcdKeyNotFound:
                 return False
             except etcd.EtcdCompareFailed:
@@ -496,19 +599,17 @@ class EtcdStore(Store):
             parts.append(encode_part(version))
         path = _url_path("/".join(parts))
         try:
-            tree = self._call(deadline, "read", path, recursive=True, quorum=True)
+            tree = self._read(deadline, path, recursive=True, quorum=True)
         except (etcd.EtcdKeyNotFound, etcd.EtcdNotDir):
             return []
         found = []
         # Only leaves with a value: directories emptied by deletes or expiry stay
-        # in etcd and must not show up (``leaves`` yields empty directories too).
-        for node in tree.leaves:
-            if node.dir:
-                continue
-            instance = self._instance(node.key, node.value)
+        # in etcd and must not show up.
+        for node in _leaves(tree):
+            instance = self._instance(node["key"], node.get("value"))
             if instance is not None and instance.expires_at > now:
                 found.append(instance)
-        found.sort(key=lambda i: (i.version, i.location))
+        found.sort(key=_by_version_and_location)
         return found
 
     def close(self) -> None:
@@ -526,8 +627,23 @@ class EtcdStore(Store):
         """The instance a key and value hold, or None when they are not one of ours.
 
         The names come from the value (segments may be digests); they must give
-        back exactly the key they were found under.
+        back exactly the key they were found under. The answer depends on
+        ``key`` and ``value`` alone, so it is remembered for the values read
+        most recently: a lookup of a busy service reads the same values again
+        and again until their next refresh.
         """
+        if value is None:
+            return None
+        parsed = self._parsed.get((key, value), _UNPARSED)
+        if parsed is not _UNPARSED:
+            return cast("Instance | None", parsed)
+        instance = self._parse(key, value)
+        if len(self._parsed) >= _PARSED_VALUES:
+            self._parsed.clear()
+        self._parsed[(key, value)] = instance
+        return instance
+
+    def _parse(self, key: str, value: str) -> Instance | None:
         record = _record(value)
         if record is None:
             return None
@@ -548,7 +664,7 @@ class EtcdStore(Store):
         service = f"{self.base_path}/{encode_part(service_name)}"
         for directory in (f"{service}/{encode_part(version)}", service):
             try:
-                self._call(deadline, "delete", _url_path(directory), dir=True)
+                self._call(deadline, "DELETE", _url_path(directory), dir="true")
             except (etcd.EtcdException, StoreUnavailable):
                 return
 
@@ -558,13 +674,24 @@ class EtcdStore(Store):
     def _unavailable(self, reason: str) -> StoreUnavailable:
         return StoreUnavailable(f"etcd at {self._where()} is unavailable: {reason}")
 
-    def _call(self, deadline: float, operation: str, path: str, *args: Any, **params: Any) -> Any:
-        """Run ``member.<operation>(path, ...)`` on the current member, failing over.
+    def _read(self, deadline: float, path: str, **fields: Any) -> dict[str, Any]:
+        """GET one key or directory; its node (``key``, ``value``, ``dir``, ``nodes``, ...)."""
+        for name, value in fields.items():
+            if isinstance(value, bool):
+                fields[name] = "true" if value else "false"
+        node = self._call(deadline, "GET", path, **fields).get("node")
+        if not isinstance(node, dict):
+            raise etcd.EtcdException(f"etcd's answer for {path} has no node")
+        return node
 
-        ``operation`` is python-etcd's ``read``, ``write`` or ``delete``.
+    def _call(self, deadline: float, method: str, path: str, **fields: Any) -> dict[str, Any]:
+        """Send one keys request to the current member, failing over; etcd's answer.
+
+        ``method`` is ``GET``, ``PUT`` or ``DELETE``, ``fields`` its form or
+        query fields (``prevExist="false"``, ``prevIndex=12``, ``quorum="true"``).
 
         etcd's answers (key not found, compare failed, ...) come out as
-        python-etcd raised them. Failures are retried on the next member until
+        python-etcd raises them. Failures are retried on the next member until
         ``deadline``: at once when a member cannot be connected to (giving up
         after a few rounds of that), after a short pause when the members are
         reachable but failing (an election after the leader died). Every
@@ -589,7 +716,7 @@ class EtcdStore(Store):
             member = members[index]
             try:
                 with member.timeout(min(remaining, attempt_limit)):
-                    result = getattr(member, operation)(path, *args, **params)
+                    result = member.request(method, path, fields)
             except _ANSWERS:
                 self._answered(index, members, failures, deadline)
                 raise
@@ -696,3 +823,38 @@ def _record(value: str | None) -> dict[str, Any] | None:
         return None
     record["expires_at"] = float(expires_at)
     return record
+
+
+_UNPARSED = object()
+#: How many (key, value) -> Instance answers a store remembers (see EtcdStore._instance).
+_PARSED_VALUES = 4096
+
+
+def _write_fields(instance: Instance, token: str) -> dict[str, Any]:
+    """The form fields of a write of ``instance``: its JSON value and etcd's own TTL."""
+    value = json.dumps(
+        {
+            "service_name": instance.service_name,
+            "version": instance.version,
+            "location": instance.location,
+            "ttl": instance.ttl,
+            "expires_at": instance.expires_at,
+            "writer": token,
+        }
+    )
+    return {"value": value, "ttl": max(1, instance.ttl)}
+
+
+def _leaves(tree: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Every node with a value under ``tree`` (``tree`` itself if it has one)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if node.get("dir"):
+            pending.extend(node.get("nodes") or ())
+        else:
+            yield node
+
+
+def _by_version_and_location(instance: Instance) -> tuple[str, str]:
+    return instance.version, instance.location
