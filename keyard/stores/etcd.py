@@ -23,10 +23,11 @@ import hashlib
 import http.client
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import wraps
 from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import quote, urlencode, urlsplit
@@ -37,6 +38,7 @@ import urllib3
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.stores import options as opt
 from keyard.stores.base import Instance, Store
+from keyard.stores.etcd_mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ DEFAULT_PORT = 2379
 DEFAULT_BASE_PATH = "/services"
 DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 60.0
-OPTIONS = ("host", "port", "protocol", "base_path", "timeout", "allow_reconnect")
+OPTIONS = ("host", "port", "protocol", "base_path", "timeout", "allow_reconnect", "cache")
 
 #: etcd's answers to a well-formed request: the store's logic handles them.
 _ANSWERS: tuple[type[Exception], ...] = (
@@ -72,6 +74,8 @@ _DRIVER_ERRORS: tuple[type[Exception], ...] = (
 )
 _DISCOVERY_ERRORS: tuple[type[Exception], ...] = (*_DRIVER_ERRORS, ValueError, KeyError, TypeError)
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+#: Where :meth:`_Member.request` puts the answer's ``X-Etcd-Index`` header.
+INDEX_HEADER = "x-etcd-index"
 #: The longest key segment kept readable; longer parts are stored under a digest.
 MAX_SEGMENT = 150
 #: The longest base path, so that every request line stays far below etcd's 4 KiB.
@@ -295,15 +299,86 @@ class _Member(etcd.Client):
         except (ValueError, RecursionError):
             answer = None
         if response.status in (200, 201) and isinstance(answer, dict):
+            answer[INDEX_HEADER] = _index_of(response)
             return answer
         if response.status in (200, 201):
             raise etcd.EtcdException(f"etcd's answer is not JSON: {response.data[:200]!r}")
+        self._raise_for(response.status, response.data)
+        raise AssertionError("unreachable")  # _raise_for always raises
+
+    def watch(
+        self, path: str, index: int, wait: float, started: Callable[[], None]
+    ) -> Iterator[dict[str, Any]]:
+        """The changes under ``path`` from ``index`` on, as etcd streams them.
+
+        One request (``?wait=true&recursive=true&stream=true&waitIndex=``): etcd
+        sends its headers at once, and ``started()`` is called then, as proof
+        that etcd took the watch; then every change as it is made, each event
+        (``action``, ``node``, ``prevNode``) on its own line. The iterator ends
+        when no change came for ``wait`` seconds, when etcd ends the stream (it
+        does when the reader falls 100 events behind), and after an event that
+        etcd found in its history rather than live: etcd then sends no more on
+        that request, and the caller watches again from the next index. Raises
+        as :meth:`request` does, ``EtcdEventIndexCleared`` when ``index`` has
+        left etcd's event history (the last 1000 events).
+        """
+        fields = {"wait": "true", "recursive": "true", "stream": "true", "waitIndex": str(index)}
+        try:
+            response = self.pool.urlopen(
+                "GET",
+                f"/v2/keys{path}?{urlencode(fields)}",
+                timeout=urllib3.Timeout(connect=wait, read=wait),
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+            )
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise etcd.EtcdConnectionFailed(f"etcd watch failed due to {exc!r}", cause=exc) from exc
+        try:
+            self._check_cluster_id(response)
+            if response.status != 200:
+                self._raise_for(response.status, response.read())
+            started()
+            live_after = _index_of(response)  # events up to here come from the history
+            pending = b""
+            for chunk in response.read_chunked() if response.chunked else [response.read()]:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise etcd.EtcdException(
+                            f"a watched event is not an object: {line[:200]!r}"
+                        )
+                    yield event
+                    if (event.get("node") or {}).get("modifiedIndex", 0) <= live_after:
+                        return  # from the history: etcd sends nothing more on this request
+        except urllib3.exceptions.ReadTimeoutError:
+            return  # no change within ``wait``
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise etcd.EtcdConnectionFailed(f"etcd watch failed due to {exc!r}", cause=exc) from exc
+        except (ValueError, RecursionError) as exc:
+            raise etcd.EtcdException(f"a watched event is not JSON: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
+
+    @staticmethod
+    def _raise_for(status: int, data: bytes) -> None:
+        """Raise python-etcd's exception for etcd's error answer."""
+        try:
+            answer = json.loads(data)
+        except (ValueError, RecursionError):
+            answer = None
         if isinstance(answer, dict):
-            answer["status"] = response.status
+            answer["status"] = status
         else:  # as python-etcd reports it (see _without_v2_api)
-            answer = {"message": "Bad response", "cause": response.data.decode("utf-8", "replace")}
+            answer = {"message": "Bad response", "cause": data.decode("utf-8", "replace")}
         etcd.EtcdError.handle(answer)  # raises the exception that stands for the answer
-        raise etcd.EtcdException(f"etcd answered {response.status}: {answer}")
+        raise etcd.EtcdException(f"etcd answered {status}: {answer}")
 
     def close(self) -> None:
         self.pool.close()
@@ -408,7 +483,13 @@ class EtcdStore(Store):
     Reads are quorum reads, so every keyard process sees a registration as
     soon as it is made, whichever member it talks to. Stores with the same
     ``base_path`` share one registry; different base paths never see each other.
-    Thread-safe; the store holds no state but connection pools.
+    Thread-safe; without ``cache`` the store holds no state but connection pools.
+
+    With ``cache`` each process that looks up keeps a copy of everything under
+    ``base_path``, kept current by a watch (:mod:`keyard.stores.etcd_mirror`),
+    and answers lookups from it while it is current: this process's writes at
+    once, other processes' after the watch brings them (milliseconds). While
+    the copy is not known to be current, lookups are quorum reads as without it.
     """
 
     name = "etcd"
@@ -422,6 +503,7 @@ class EtcdStore(Store):
         base_path: str = DEFAULT_BASE_PATH,
         timeout: float = DEFAULT_TIMEOUT,
         allow_reconnect: bool | None = None,
+        cache: bool = False,
     ) -> None:
         port = opt.whole_number("etcd", "port", port, minimum=1, maximum=65535)
         endpoints = _parse_hosts(host, port)
@@ -442,6 +524,7 @@ class EtcdStore(Store):
                 "members; leave allow_reconnect out (or true) to use them all"
             )
         self.base_path = _parse_base_path(base_path)
+        self.cache = opt.boolean("etcd", "cache", cache)
         self.protocol = protocol
         self.timeout = float(timeout)
         self.allow_reconnect = allow_reconnect
@@ -451,14 +534,15 @@ class EtcdStore(Store):
         self._lock = threading.Lock()  # guards changes to _members
         self._discovered_at: float | None = None
         self._parsed: dict[tuple[str, str], Instance | None] = {}
+        self._mirrors: dict[int, Mirror] = {}  # by process id: a forked child builds its own
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EtcdStore:
         """Build the store from the ``etcd`` config section; every option has a default.
 
         ``host``, ``port`` (2379), ``protocol`` (``"http"``), ``base_path``
-        (``"/services"``), ``timeout`` (2 seconds) and ``allow_reconnect``
-        (true when ``host`` lists several members).
+        (``"/services"``), ``timeout`` (2 seconds), ``allow_reconnect``
+        (true when ``host`` lists several members) and ``cache`` (false).
         """
         opt.reject_unknown("etcd", options, OPTIONS)
         return cls(**options)
@@ -486,7 +570,8 @@ class EtcdStore(Store):
         decided: bool | None = None  # the answer of an update this call made
         while True:
             try:
-                self._call(deadline, "PUT", path, **fields, prevExist="false")
+                answer = self._call(deadline, "PUT", path, **fields, prevExist="false")
+                self._wrote(key, answer, instance)
                 return True
             except etcd.EtcdAlreadyExist:
                 pass
@@ -498,10 +583,14 @@ class EtcdStore(Store):
                 raise self._unavailable(f"{key} is a directory in etcd, not an instance")
             record = _record(current.get("value"))
             if record is not None and record.get("writer") == token:
+                self._wrote(key, {"node": current}, instance)
                 return True if decided is None else decided
             live = record is not None and record["expires_at"] > now
             try:
-                self._call(deadline, "PUT", path, **fields, prevIndex=current["modifiedIndex"])
+                answer = self._call(
+                    deadline, "PUT", path, **fields, prevIndex=current["modifiedIndex"]
+                )
+                self._wrote(key, answer, instance)
                 return not live
             except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
                 decided = not live  # in case the failed compare was our own resent write
@@ -512,7 +601,8 @@ class EtcdStore(Store):
         """One read and one compare-and-swap write (the base class takes four requests).
 
         The first read is a local one (no quorum, so it costs etcd no raft
-        round): the write that follows only succeeds if the key is still
+        round), or none at all with ``cache`` when this process's copy is
+        current: the write that follows only succeeds if the key is still
         exactly as read (``prevIndex``, or ``prevExist=false`` when absent), so
         a stale read costs one more round, with a quorum read, never a wrong
         answer.
@@ -524,30 +614,38 @@ class EtcdStore(Store):
         token = uuid.uuid4().hex
         quorum = False
         decided: tuple[Instance, bool] | None = None  # the answer of a write this call made
+        guess = self._cached_entry(key)
         while True:
-            try:
-                current: dict[str, Any] | None = self._read(deadline, path, quorum=quorum)
-            except etcd.EtcdKeyNotFound:
-                current = None
-            quorum = True
-            if current is not None and current.get("dir"):
-                raise self._unavailable(f"{key} is a directory in etcd, not an instance")
-            if current is not None and decided is not None:
-                record = _record(current.get("value"))
-                if record is not None and record.get("writer") == token:
-                    return decided
-            value = None if current is None else current.get("value")
-            known = None if value is None else self._parse(key, value)
+            index: int | None
+            if guess is not None:
+                (index, known), guess = guess, None
+            else:
+                try:
+                    current: dict[str, Any] | None = self._read(deadline, path, quorum=quorum)
+                except etcd.EtcdKeyNotFound:
+                    current = None
+                quorum = True
+                if current is not None and current.get("dir"):
+                    raise self._unavailable(f"{key} is a directory in etcd, not an instance")
+                if current is not None and decided is not None:
+                    record = _record(current.get("value"))
+                    if record is not None and record.get("writer") == token:
+                        self._wrote(key, {"node": current}, decided[0])
+                        return decided
+                index = None if current is None else current["modifiedIndex"]
+                value = None if current is None else current.get("value")
+                known = None if value is None else self._parse(key, value)
             if known is not None and known.expires_at > now:
                 answer = (instance._replace(ttl=known.ttl, expires_at=now + known.ttl), False)
             else:
                 answer = (instance, True)
             fields = _write_fields(answer[0], token)
             try:
-                if current is None:
-                    self._call(deadline, "PUT", path, **fields, prevExist="false")
+                if index is None:
+                    written = self._call(deadline, "PUT", path, **fields, prevExist="false")
                 else:
-                    self._call(deadline, "PUT", path, **fields, prevIndex=current["modifiedIndex"])
+                    written = self._call(deadline, "PUT", path, **fields, prevIndex=index)
+                self._wrote(key, written, answer[0])
                 return answer
             except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
                 decided = answer  # in case the failed compare was our own resent write
@@ -571,32 +669,47 @@ class EtcdStore(Store):
     @_at_the_edge
     def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
         deadline = time.monotonic() + self.timeout
-        path = _url_path(self._key(service_name, version, location))
+        key = self._key(service_name, version, location)
+        path = _url_path(key)
         while True:
             try:
                 current = self._read(deadline, path, quorum=True)
-            except etcd.EtcdKeyNotFound:
+            except etcd.EtcdKeyNotFound as exc:
+                self._wrote(key, {"node": {"modifiedIndex": _error_index(exc)}}, None)
                 return False
             if current.get("dir"):
                 return False
             record = _record(current.get("value"))
             live = record is not None and record["expires_at"] > now
             try:
-                self._call(deadline, "DELETE", path, prevIndex=current["modifiedIndex"])
-            except etcd.EtcdKeyNotFound:
+                answer = self._call(deadline, "DELETE", path, prevIndex=current["modifiedIndex"])
+            except etcd.EtcdKeyNotFound as exc:
+                self._wrote(key, {"node": {"modifiedIndex": _error_index(exc)}}, None)
                 return False
             except etcd.EtcdCompareFailed:
                 continue  # refreshed meanwhile: decide again on the new record
+            self._wrote(key, answer, None)
             if live:
                 self._remove_empty_directories(service_name, version, deadline)
             return live
 
     @_at_the_edge
     def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+        """The live instances, from this process's copy when ``cache`` is on and it is current.
+
+        Otherwise (``cache`` off, or the copy not loaded, or its watch failing)
+        a quorum read of the service's directory.
+        """
+        service = encode_part(service_name)
+        version_part = None if version is None else encode_part(version)
+        if self.cache:
+            found = self._mirror(start=True).lookup(service, version_part, now)
+            if found is not None:
+                return found
         deadline = time.monotonic() + self.timeout
-        parts = [self.base_path, encode_part(service_name)]
-        if version is not None:
-            parts.append(encode_part(version))
+        parts = [self.base_path, service]
+        if version_part is not None:
+            parts.append(version_part)
         path = _url_path("/".join(parts))
         try:
             tree = self._read(deadline, path, recursive=True, quorum=True)
@@ -613,10 +726,91 @@ class EtcdStore(Store):
         return found
 
     def close(self) -> None:
+        mirror = self._mirrors.pop(os.getpid(), None)
+        if mirror is not None:
+            mirror.stop()
         for member in self._members:
             member.close()
 
+    def cache_info(self) -> dict[str, Any] | None:
+        """What this process's copy holds (see :meth:`Mirror.info`); None when it has none."""
+        mirror = self._mirrors.get(os.getpid())
+        return None if mirror is None else mirror.info()
+
+    def hold_cache(self, held: bool) -> None:
+        """Hold this process's copy's watcher between two requests, or let it go on (tests)."""
+        mirror = self._mirror(start=True)
+        if held:
+            mirror.hold()
+        else:
+            mirror.resume()
+
     # -- internals ---------------------------------------------------------------
+
+    def _mirror(self, *, start: bool) -> Mirror:
+        """This process's copy of the registry, made and started on first use.
+
+        Keyed by process id: a copy and thread made before gunicorn forked
+        belong to the parent; the child makes its own.
+        """
+        pid = os.getpid()
+        mirror = self._mirrors.get(pid)
+        if mirror is None:
+            made = Mirror(
+                self.base_path,
+                load=self._load_everything,
+                watch=self._watch,
+                parse=self._parse,
+                timeout=self.timeout,
+            )
+            mirror = self._mirrors.setdefault(pid, made)  # one of racing threads wins
+            for other in list(self._mirrors):
+                if other != pid:
+                    self._mirrors.pop(other, None)  # a parent's copy, without its thread here
+        if start:
+            mirror.start()
+        return mirror
+
+    def _cached_entry(self, key: str) -> tuple[int | None, Instance | None] | None:
+        """``(modifiedIndex, instance)`` of ``key`` in this process's current copy.
+
+        ``(None, None)`` when the copy holds no instance there; ``None`` when
+        there is no current copy to ask.
+        """
+        mirror = self._mirrors.get(os.getpid()) if self.cache else None
+        return None if mirror is None else mirror.entry(key)
+
+    def _wrote(self, key: str, answer: dict[str, Any], instance: Instance | None) -> None:
+        """Apply a write of this process to its copy at once, at the write's etcd index."""
+        mirror = self._mirrors.get(os.getpid()) if self.cache else None
+        index = (answer.get("node") or {}).get("modifiedIndex")
+        if mirror is not None and isinstance(index, int):
+            mirror.put(key, index, instance)
+
+    def _load_everything(self, deadline: float) -> tuple[dict[str, Any] | None, int]:
+        """Everything under base_path (a quorum read), and the etcd index it is current at."""
+        try:
+            answer = self._call(
+                deadline, "GET", _url_path(self.base_path), recursive="true", quorum="true"
+            )
+        except etcd.EtcdKeyNotFound as exc:
+            return None, _error_index(exc)
+        return answer.get("node"), answer[INDEX_HEADER]
+
+    def _watch(
+        self, index: int, wait: float, started: Callable[[], None]
+    ) -> Iterator[dict[str, Any]]:
+        """Watch base_path on the member that answered last (see :meth:`_Member.watch`)."""
+        members = self._members
+        member = members[self._current % len(members)]
+        try:
+            yield from member.watch(_url_path(self.base_path), index, wait, started)
+        except etcd.EtcdEventIndexCleared:
+            raise  # the mirror reads everything again
+        except _ANSWERS:
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable(f"watch: {_describe(exc)}") from exc
 
     def _key(self, service_name: str, version: str, location: str) -> str:
         return "/".join(
@@ -858,3 +1052,17 @@ def _leaves(tree: dict[str, Any]) -> Iterable[dict[str, Any]]:
 
 def _by_version_and_location(instance: Instance) -> tuple[str, str]:
     return instance.version, instance.location
+
+
+def _index_of(response: urllib3.BaseHTTPResponse) -> int:
+    try:
+        return int(response.headers.get("X-Etcd-Index", 0))
+    except ValueError:
+        return 0
+
+
+def _error_index(exc: etcd.EtcdException) -> int:
+    """The etcd index an error answer was given at (0 when it does not say)."""
+    payload = exc.payload if isinstance(exc.payload, dict) else {}
+    index = payload.get("index")
+    return index if isinstance(index, int) else 0
