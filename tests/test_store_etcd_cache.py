@@ -20,16 +20,17 @@ from keyard.stores import create_store
 from keyard.stores.etcd import EtcdStore
 from keyard.stores.etcd_mirror import STALE_AFTER
 from tests.conftest import wait_until
-from tests.etcd_server import EtcdServer, unique_base_path
+from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
 from tests.store_contract import StoreContract, locations, make
 
 #: How long another process's write may take to reach a cached store, in these tests.
 SEEN_WITHIN = 2.0
 
 
-def cached_store(endpoint: str, base_path: str, **options: object) -> EtcdStore:
-    """A store with the cache on, its copy loaded and current."""
-    store = EtcdStore(endpoint, base_path=base_path, cache=True, **options)  # type: ignore[arg-type]
+def cached_store(endpoint: object, base_path: str, **options: object) -> EtcdStore:
+    """A store with the cache on, its copy loaded and current (``host`` in options wins)."""
+    options.setdefault("host", endpoint)
+    store = EtcdStore(base_path=base_path, cache=True, **options)  # type: ignore[arg-type]
     store.lookup("-", None, time.time())  # starts the copy
     wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the copy loaded")
     return store
@@ -276,3 +277,31 @@ def test_a_health_check_from_a_stale_copy_still_keeps_the_live_ttl(
         cached.hold_cache(False)
     found = other.get("web", "1.0", "http://127.0.0.1:8001", time.time())
     assert found is not None and found.ttl == 5
+
+
+@pytest.mark.slow
+def test_losing_the_watched_member_reads_the_copy_again_from_another(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    leader = etcd_cluster.leader()
+    others = [m for m in etcd_cluster.members if m is not leader]
+    base_path = unique_base_path()
+    # The leader first: the store reads and watches through it until it dies.
+    cached = cached_store(leader.endpoint, base_path, host=[m.endpoint for m in [leader, *others]])
+    writer = EtcdStore(others[0].endpoint, base_path=base_path)
+    try:
+        writer.register(make(location="before"))
+        eventually(lambda: locations(cached.lookup("web", None, time.time())) == ["before"])
+        leader.kill()
+        eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 1)
+        eventually(lambda: served_from_the_copy(cached), within=15)
+        assert cached.cache_info()["loads"] >= 2  # type: ignore[index]
+        writer.register(make(location="after"))
+        eventually(
+            lambda: locations(cached.lookup("web", None, time.time())) == ["after", "before"],
+            within=5,
+        )
+        assert served_from_the_copy(cached)
+    finally:
+        cached.close()
+        writer.close()
