@@ -7,6 +7,7 @@ Every wait polls with a deadline.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -305,3 +306,26 @@ def test_losing_the_watched_member_reads_the_copy_again_from_another(
     finally:
         cached.close()
         writer.close()
+
+
+def test_a_stalled_etcd_is_noticed_and_lookups_answer_unavailable(own_etcd: EtcdServer) -> None:
+    base_path = unique_base_path()
+    # A long timeout: the watch itself would only fail after it; the copy must stop
+    # answering sooner, once etcd has not confirmed the watch for STALE_AFTER.
+    cached = cached_store(own_etcd.endpoint, base_path, timeout=4)
+    try:
+        cached.register(make(location="before"))
+        assert own_etcd.process is not None
+        own_etcd.process.send_signal(signal.SIGSTOP)  # alive, answering nothing
+        try:
+            eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 0.5)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                cached.lookup("web", None, time.time())  # a read of etcd, failing in time
+            assert time.monotonic() - started < 4 + 1
+        finally:
+            own_etcd.process.send_signal(signal.SIGCONT)
+        eventually(lambda: served_from_the_copy(cached), within=10)
+        assert locations(cached.lookup("web", None, time.time())) == ["before"]
+    finally:
+        cached.close()

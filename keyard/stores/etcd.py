@@ -307,7 +307,12 @@ class _Member(etcd.Client):
         raise AssertionError("unreachable")  # _raise_for always raises
 
     def watch(
-        self, path: str, index: int, wait: float, started: Callable[[], None]
+        self,
+        path: str,
+        index: int,
+        wait: float,
+        started: Callable[[], None],
+        answer_within: float = DEFAULT_TIMEOUT,
     ) -> Iterator[dict[str, Any]]:
         """The changes under ``path`` from ``index`` on, as etcd streams them.
 
@@ -320,14 +325,16 @@ class _Member(etcd.Client):
         etcd found in its history rather than live: etcd then sends no more on
         that request, and the caller watches again from the next index. Raises
         as :meth:`request` does, ``EtcdEventIndexCleared`` when ``index`` has
-        left etcd's event history (the last 1000 events).
+        left etcd's event history (the last 1000 events), and when etcd does not
+        answer the headers within ``answer_within`` seconds (a busy etcd gets
+        longer than ``wait`` for them: a watch that failed is read again whole).
         """
         fields = {"wait": "true", "recursive": "true", "stream": "true", "waitIndex": str(index)}
         try:
             response = self.pool.urlopen(
                 "GET",
                 f"/v2/keys{path}?{urlencode(fields)}",
-                timeout=urllib3.Timeout(connect=wait, read=wait),
+                timeout=urllib3.Timeout(connect=answer_within, read=answer_within),
                 retries=False,
                 redirect=False,
                 assert_same_host=False,
@@ -340,6 +347,10 @@ class _Member(etcd.Client):
             if response.status != 200:
                 self._raise_for(response.status, response.read())
             started()
+            connection = response.connection
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(wait)  # from now on: how long to wait for the next change
             live_after = _index_of(response)  # events up to here come from the history
             pending = b""
             for chunk in response.read_chunked() if response.chunked else [response.read()]:
@@ -804,7 +815,9 @@ class EtcdStore(Store):
         members = self._members
         member = members[self._current % len(members)]
         try:
-            yield from member.watch(_url_path(self.base_path), index, wait, started)
+            yield from member.watch(
+                _url_path(self.base_path), index, wait, started, answer_within=self.timeout
+            )
         except etcd.EtcdEventIndexCleared:
             raise  # the mirror reads everything again
         except _ANSWERS:
