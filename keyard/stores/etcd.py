@@ -19,6 +19,7 @@ reach etcd comes out as :class:`~keyard.errors.StoreUnavailable`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -110,6 +111,15 @@ def encode_part(part: str) -> str:
     if encoded[0] in "._":
         encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
     return encoded
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup_segment(part: str) -> str:
+    """:func:`encode_part`, remembered for the names that lookups ask for again and again.
+
+    The registry lets at most 128 characters through, so this holds a few MiB at most.
+    """
+    return encode_part(part)
 
 
 def _url_path(key: str) -> str:
@@ -711,8 +721,8 @@ class EtcdStore(Store):
         Otherwise (``cache`` off, or the copy not loaded, or its watch failing)
         a quorum read of the service's directory.
         """
-        service = encode_part(service_name)
-        version_part = None if version is None else encode_part(version)
+        service = _lookup_segment(service_name)
+        version_part = None if version is None else _lookup_segment(version)
         if self.cache:
             found = self._mirror(start=True).lookup(service, version_part, now)
             if found is not None:
