@@ -18,8 +18,8 @@ import pytest
 from keyard.errors import StoreUnavailable
 from keyard.helpers import config as config_module
 from keyard.stores import create_store
-from keyard.stores.etcd import EtcdStore
-from keyard.stores.etcd_mirror import STALE_AFTER
+from keyard.stores.etcd import EtcdStore, _write_fields, encode_part
+from keyard.stores.etcd_mirror import STALE_AFTER, Mirror
 from tests.conftest import wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
 from tests.store_contract import StoreContract, locations, make
@@ -329,3 +329,59 @@ def test_a_stalled_etcd_is_noticed_and_lookups_answer_unavailable(own_etcd: Etcd
         assert locations(cached.lookup("web", None, time.time())) == ["before"]
     finally:
         cached.close()
+
+
+# -- the copy's ordering of changes (no etcd: events given by hand) ------------------
+
+
+def copy_for_events() -> tuple[Mirror, EtcdStore]:
+    """A mirror that is never loaded from etcd; events and writes are applied by hand."""
+    store = EtcdStore("127.0.0.1:1", base_path="/b")
+    mirror = Mirror("/b", load=None, watch=None, parse=store._parse, timeout=1)  # type: ignore[arg-type]
+    return mirror, store
+
+
+def event(
+    store: EtcdStore, action: str, location: str, index: int, ttl: int = 30
+) -> dict[str, object]:
+    key = store._key("web", "1.0", location)
+    node: dict[str, object] = {"key": key, "modifiedIndex": index}
+    if action in ("set", "create", "update", "compareAndSwap"):
+        node["value"] = _write_fields(make(location=location, ttl=ttl), "w")["value"]
+    return {"action": action, "node": node}
+
+
+def held_ttls(mirror: Mirror, store: EtcdStore, location: str) -> object:
+    found = mirror._tree.get("web", {}).get("1.0", {}).get(encode_part(location))
+    return None if found is None else (found[0], found[1] and found[1].ttl)
+
+
+def test_a_late_event_never_undoes_a_newer_write_of_this_process() -> None:
+    mirror, store = copy_for_events()
+    key = store._key("web", "1.0", "a")
+    mirror.put(key, 12, make(location="a", ttl=60))  # this process's write, at index 12
+    mirror.apply_event(event(store, "set", "a", 11, ttl=30))  # another's, older, arrives late
+    assert held_ttls(mirror, store, "a") == (12, 60)
+    mirror.put(key, 14, None)  # this process removed it at 14
+    mirror.apply_event(event(store, "compareAndSwap", "a", 13))  # an older refresh arrives
+    assert held_ttls(mirror, store, "a") == (14, None)  # the tombstone holds
+    mirror.apply_event(event(store, "create", "a", 15, ttl=45))  # registered again, later
+    assert held_ttls(mirror, store, "a") == (15, 45)
+    mirror.apply_event(event(store, "expire", "a", 16))
+    assert held_ttls(mirror, store, "a") == (16, None)
+    store.close()
+
+
+def test_deleting_a_directory_removes_everything_under_it() -> None:
+    mirror, store = copy_for_events()
+    for n, location in enumerate(["a", "b"]):
+        mirror.apply_event(event(store, "set", location, 10 + n))
+    mirror.apply_event(
+        {"action": "delete", "node": {"key": "/b/web", "dir": True, "modifiedIndex": 20}}
+    )
+    assert held_ttls(mirror, store, "a") == (20, None)
+    assert held_ttls(mirror, store, "b") == (20, None)
+    mirror.apply_event(event(store, "set", "c", 21))
+    mirror.apply_event({"action": "delete", "node": {"key": "/", "dir": True, "modifiedIndex": 22}})
+    assert held_ttls(mirror, store, "c") == (22, None)
+    store.close()

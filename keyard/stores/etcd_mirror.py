@@ -97,6 +97,8 @@ class Mirror:
         self._pending: list[tuple[str, int, Instance | None]] = []  # own writes during a load
         self._confirmed_at = float("-inf")  # when etcd last confirmed the watch (monotonic)
         self._next_index = 0  # the index the next watch starts at
+        self._read_at = 0  # the index the copy was read at: it holds every change up to it
+        self._purge_at = 0.0  # when tombstones are next purged (monotonic)
         self._stopping = threading.Event()
         self._running = threading.Event()  # cleared: the watcher holds between requests
         self._running.set()
@@ -159,6 +161,8 @@ class Mirror:
                     self.base_path,
                 )
                 self._invalidate()
+                self._stopping.wait(pause)  # more changes than a read takes: don't read on end
+                pause = min(pause * 2, LAST_PAUSE)
             except Exception as exc:  # noqa: BLE001 - any failure: read the copy again later
                 if self._loaded:
                     log.warning(
@@ -196,14 +200,15 @@ class Mirror:
                 self._pending = []
             raise
         with self._lock:
+            self._tombstones.clear()  # those of the old copy
             for key, change_index, instance in self._pending:
                 if change_index > index:  # a write of this process the read did not see
                     self._put(tree, key, change_index, instance)
             self._tree = tree
-            self._tombstones.clear()
             self._pending = []
             self._loading = False
             self._next_index = index + 1
+            self._read_at = index
             self._loaded = True
             self.loads += 1
         self._confirmed()
@@ -218,6 +223,8 @@ class Mirror:
                     self.apply_event(event)
                     if not self._running.is_set() or self._stopping.is_set():
                         break
+                    if time.monotonic() >= self._purge_at:  # a stream may last for ever
+                        self._purge_tombstones()
             finally:
                 close = getattr(events, "close", None)
                 if close is not None:
@@ -249,7 +256,8 @@ class Mirror:
         with self._lock:
             if self._loading:
                 self._pending.append((key, index, instance))
-            self._put(self._tree, key, index, instance)
+            if index > self._read_at:  # older changes are in the copy, or undone by newer ones
+                self._put(self._tree, key, index, instance)
 
     def _set(self, tree: Tree, key: Any, index: Any, value: Any) -> None:
         if not isinstance(key, str) or not isinstance(index, int):
@@ -307,6 +315,7 @@ class Mirror:
 
     def _purge_tombstones(self) -> None:
         """Forget removals older than TOMBSTONE_SECONDS that the watch has passed."""
+        self._purge_at = time.monotonic() + 1.0
         horizon = time.monotonic() - TOMBSTONE_SECONDS
         with self._lock:
             while self._tombstones and self._tombstones[0][0] < horizon:
