@@ -52,6 +52,17 @@ STORE_CONFIGS: dict[str, StoreConfig] = {
         },
         {},
     ),
+    # The same with each worker's copy of the registry, switched on by the environment.
+    "etcd-cache": lambda request, tmp: (
+        {
+            "store_type": "etcd",
+            "etcd": {
+                "host": request.getfixturevalue("etcd_server").endpoint,
+                "base_path": unique_base_path(),
+            },
+        },
+        {"KEYARD_ETCD_CACHE": "true"},
+    ),
 }
 
 

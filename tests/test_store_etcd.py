@@ -151,6 +151,8 @@ def test_host_takes_one_member_or_a_list(host: object, members: list[str]) -> No
         ({"timeout": "2"}, ["timeout", "'2'"]),
         ({"timeout": 600}, ["timeout", "600"]),
         ({"allow_reconnect": "yes"}, ["allow_reconnect", "'yes'"]),
+        ({"cache": "yes"}, ["cache", "'yes'"]),
+        ({"cache": 1}, ["cache", "1"]),
         ({"host": ["a:1", "b:2"], "allow_reconnect": False}, ["allow_reconnect", "2 members"]),
     ],
 )

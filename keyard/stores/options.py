@@ -37,6 +37,13 @@ def text(store: str, name: str, value: Any) -> str:
     return value
 
 
+def boolean(store: str, name: str, value: Any) -> bool:
+    """``true`` or ``false`` (JSON booleans; in an environment variable, ``true`` or ``false``)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{store} store: option {name} must be true or false, got {value!r}")
+    return value
+
+
 def seconds(store: str, name: str, value: Any, *, zero_ok: bool, maximum: float) -> float:
     """A number of seconds from 0 (or just above, unless ``zero_ok``) to ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

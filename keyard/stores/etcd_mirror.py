@@ -1,0 +1,416 @@
+"""The etcd store's per-process copy of the registry (``cache: true``), for lookups.
+
+A :class:`Mirror` holds every instance under the store's ``base_path``. It is
+loaded with one recursive quorum read, whose ``X-Etcd-Index`` it remembers, and
+kept current by a daemon thread that watches ``base_path`` recursively from the
+next index (etcd v2 ``?wait=true&recursive=true&waitIndex=N``, with
+``stream=true`` so that one request brings every change made while it lasts).
+``set``, ``create``, ``update`` and ``compareAndSwap`` events are upserts;
+``delete``, ``expire`` and ``compareAndDelete`` are removals. The
+store also applies its own writes at once, from each write's answer, so that a
+process sees its own writes in its next lookup.
+
+The copy answers lookups only while it is known to be complete and current:
+loaded, and the watch confirmed by etcd within :data:`STALE_AFTER` seconds (by
+an event, or by the headers of a watch request: etcd sends them at once, and a
+watch that brings no event is sent again every :data:`WATCH_WAIT` seconds).
+Any failure of the watch (etcd down or restarted, a member lost, the event
+history cleared because the watcher fell more than 1000 events behind) drops
+that status until the copy has been read again from etcd; meanwhile
+:meth:`Mirror.lookup` returns ``None`` and the store reads from etcd directly.
+
+Every entry carries the etcd index of the change that made it, and a change
+older than the entry is ignored, so that a late event never undoes a newer
+write of this process; a removal leaves a tombstone for a few seconds for the
+same reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Optional
+
+import etcd
+
+from keyard.stores.base import Instance
+
+log = logging.getLogger(__name__)
+
+#: Seconds one watch request waits for an event before it is sent again.
+WATCH_WAIT = 0.5
+#: The copy answers lookups only if etcd confirmed the watch within this many seconds.
+STALE_AFTER = 1.0
+#: Seconds a removal's tombstone is kept (at least; until the watch has passed it too).
+TOMBSTONE_SECONDS = 10.0
+#: Pauses between attempts after a failure: from the first, doubling up to the last.
+FIRST_PAUSE, LAST_PAUSE = 0.05, 1.0
+
+UPSERTS = frozenset({"set", "create", "update", "compareAndSwap"})
+REMOVALS = frozenset({"delete", "expire", "compareAndDelete"})
+
+#: (etcd index of the change, the instance or None for a removal)
+Entry = tuple[int, Optional[Instance]]
+#: service segment -> version segment -> location segment -> entry
+Tree = dict[str, dict[str, dict[str, Entry]]]
+
+
+class Mirror:
+    """An in-memory copy of one ``base_path``, kept current by a watcher thread.
+
+    ``load(deadline)`` reads the whole tree from etcd (a quorum read, failing
+    over) and returns its root node (``None`` when base_path does not exist)
+    and the etcd index it is current at. ``watch(index, wait, started)``
+    yields the watched events from ``index`` on, in order, and ends when none
+    came for ``wait`` seconds (or etcd ended the request); it calls
+    ``started()`` once etcd has answered the request's headers. ``parse(key, value)`` is the
+    store's reading of one key and value (``None`` when not an instance).
+
+    Thread-safe: lookups and the store's own writes come from any thread, the
+    events from the watcher thread; one lock guards the copy, held for one
+    change or the copying-out of one service's entries.
+    """
+
+    def __init__(
+        self,
+        base_path: str,
+        *,
+        load: Callable[[float], tuple[dict[str, Any] | None, int]],
+        watch: Callable[[int, float, Callable[[], None]], Iterator[dict[str, Any]]],
+        parse: Callable[[str, str], Instance | None],
+        timeout: float,
+    ) -> None:
+        self.base_path = base_path
+        self._prefix = base_path + "/"
+        self._load_tree = load
+        self._watch = watch
+        self._parse = parse
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._tree: Tree = {}
+        self._tombstones: collections.deque[tuple[float, str, int]] = collections.deque()
+        self._loaded = False  # the copy was read completely and the watch has not failed since
+        self._loading = False
+        self._pending: list[tuple[str, int, Instance | None]] = []  # own writes during a load
+        self._confirmed_at = float("-inf")  # when etcd last confirmed the watch (monotonic)
+        self._next_index = 0  # the index the next watch starts at
+        self._read_at = 0  # the index the copy was read at: it holds every change up to it
+        self._purge_at = 0.0  # when tombstones are next purged (monotonic)
+        self._stopping = threading.Event()
+        self._running = threading.Event()  # cleared: the watcher holds between requests
+        self._running.set()
+        self._parked = threading.Event()  # set: the watcher is held, no request in flight
+        self._thread: threading.Thread | None = None
+        self.loads = 0
+        self.events = 0
+
+    # -- the watcher thread -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the watcher thread (once; later calls do nothing)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"keyard-etcd-mirror {self.base_path}", daemon=True
+            )
+        self._thread.start()
+
+    def stop(self, wait: float = 2.0) -> None:
+        """Stop the watcher; it ends within one watch request (``WATCH_WAIT``) or load."""
+        self._stopping.set()
+        self._running.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=wait)
+
+    def hold(self) -> None:
+        """Keep the watcher from sending requests until :meth:`resume` (tests).
+
+        Returns once the request in flight, if any, has ended (within one
+        ``WATCH_WAIT``, or one load); the copy goes stale ``STALE_AFTER`` seconds
+        after etcd last confirmed it.
+        """
+        self._running.clear()
+        if self._thread is not None and self._thread.is_alive():
+            self._parked.wait(timeout=WATCH_WAIT + self._timeout + 1)
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def _run(self) -> None:
+        pause = FIRST_PAUSE
+        while not self._stopping.is_set():
+            if not self._running.is_set():
+                self._parked.set()
+                self._running.wait()
+                self._parked.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                if not self._loaded:
+                    self._reload()
+                self._follow()
+                pause = FIRST_PAUSE
+            except etcd.EtcdEventIndexCleared:
+                log.info(
+                    "etcd mirror of %s fell behind etcd's event history; reading it again",
+                    self.base_path,
+                )
+                self._invalidate()
+                self._stopping.wait(pause)  # more changes than a read takes: don't read on end
+                pause = min(pause * 2, LAST_PAUSE)
+            except Exception as exc:  # noqa: BLE001 - any failure: read the copy again later
+                if self._loaded:
+                    log.warning(
+                        "etcd mirror of %s: watch failed (%s); lookups read etcd until "
+                        "it is read again",
+                        self.base_path,
+                        exc,
+                    )
+                else:
+                    log.debug("etcd mirror of %s: load failed: %s", self.base_path, exc)
+                self._invalidate()
+                self._stopping.wait(pause)
+                pause = min(pause * 2, LAST_PAUSE)
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._loaded = False
+
+    def _confirmed(self) -> None:
+        self._confirmed_at = time.monotonic()
+
+    def _reload(self) -> None:
+        """Read everything under base_path again; the copy is current at the read's index."""
+        with self._lock:
+            self._loading = True
+            self._pending = []
+        try:
+            root, index = self._load_tree(time.monotonic() + self._timeout)
+            tree: Tree = {}
+            for node in _leaves(root):
+                self._set(tree, node.get("key"), node.get("modifiedIndex"), node.get("value"))
+        except BaseException:
+            with self._lock:
+                self._loading = False
+                self._pending = []
+            raise
+        with self._lock:
+            self._tombstones.clear()  # those of the old copy
+            for key, change_index, instance in self._pending:
+                if change_index > index:  # a write of this process the read did not see
+                    self._put(tree, key, change_index, instance)
+            self._tree = tree
+            self._pending = []
+            self._loading = False
+            self._next_index = index + 1
+            self._read_at = index
+            self._loaded = True
+            self.loads += 1
+        self._confirmed()
+
+    def _follow(self) -> None:
+        """Apply watched events until a watch fails, the watcher is held, or it stops."""
+        while self._loaded and self._running.is_set() and not self._stopping.is_set():
+            events = self._watch(self._next_index, WATCH_WAIT, self._confirmed)
+            try:
+                for event in events:
+                    self._confirmed()
+                    self.apply_event(event)
+                    if not self._running.is_set() or self._stopping.is_set():
+                        break
+                    if time.monotonic() >= self._purge_at:  # a stream may last for ever
+                        self._purge_tombstones()
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()  # ends the request at once
+            self._purge_tombstones()
+
+    # -- changes ------------------------------------------------------------------
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        """Apply one watched event and move the watch past it."""
+        node = event.get("node") or {}
+        key, index = node.get("key"), node.get("modifiedIndex")
+        if not isinstance(key, str) or not isinstance(index, int):
+            raise etcd.EtcdException(f"a watched event without key or index: {event!r}")
+        action = event.get("action")
+        with self._lock:
+            if action in UPSERTS and not node.get("dir"):
+                self._set(self._tree, key, index, node.get("value"))
+            elif action in REMOVALS:
+                if node.get("dir"):
+                    self._remove_directory(key, index)
+                else:
+                    self._put(self._tree, key, index, None)
+            self._next_index = max(self._next_index, index + 1)
+            self.events += 1
+
+    def put(self, key: str, index: int, instance: Instance | None) -> None:
+        """This process wrote ``instance`` (``None``: removed it) at ``key``, at etcd ``index``."""
+        with self._lock:
+            if self._loading:
+                self._pending.append((key, index, instance))
+            if index > self._read_at:  # older changes are in the copy, or undone by newer ones
+                self._put(self._tree, key, index, instance)
+
+    def _set(self, tree: Tree, key: Any, index: Any, value: Any) -> None:
+        if not isinstance(key, str) or not isinstance(index, int):
+            return
+        instance = self._parse(key, value) if isinstance(value, str) else None
+        # A value that is not an instance (any more) is one no lookup returns: a removal.
+        self._put(tree, key, index, instance)
+
+    def _put(self, tree: Tree, key: str, index: int, instance: Instance | None) -> None:
+        segments = self._segments(key)
+        if segments is None:
+            return
+        service, version, location = segments
+        versions = tree.get(service)
+        if versions is None:
+            if instance is None:
+                return
+            versions = tree[service] = {}
+        locations = versions.get(version)
+        if locations is None:
+            if instance is None:
+                return
+            locations = versions[version] = {}
+        known = locations.get(location)
+        if known is not None and known[0] >= index:
+            return  # a newer change of this key is in already
+        locations[location] = (index, instance)
+        if instance is None:
+            self._tombstones.append((time.monotonic(), key, index))
+
+    def _remove_directory(self, key: str, index: int) -> None:
+        """A directory was deleted or expired: every instance under it is removed."""
+        if key == self.base_path or self._prefix.startswith(key.rstrip("/") + "/"):
+            services: Iterable[str] = list(self._tree)  # base_path itself or a parent
+            version = None
+        else:
+            parts = key[len(self._prefix) :].split("/") if key.startswith(self._prefix) else []
+            if len(parts) not in (1, 2):
+                return
+            services = [parts[0]]
+            version = parts[1] if len(parts) == 2 else None
+        for service in services:
+            versions = self._tree.get(service, {})
+            for name in [version] if version is not None else list(versions):
+                for location in list(versions.get(name, {})):
+                    self._put(self._tree, f"{self._prefix}{service}/{name}/{location}", index, None)
+
+    def _segments(self, key: str) -> tuple[str, str, str] | None:
+        if not key.startswith(self._prefix):
+            return None
+        parts = key[len(self._prefix) :].split("/")
+        if len(parts) != 3:
+            return None
+        return parts[0], parts[1], parts[2]
+
+    def _purge_tombstones(self) -> None:
+        """Forget removals older than TOMBSTONE_SECONDS that the watch has passed."""
+        self._purge_at = time.monotonic() + 1.0
+        horizon = time.monotonic() - TOMBSTONE_SECONDS
+        with self._lock:
+            while self._tombstones and self._tombstones[0][0] < horizon:
+                if self._tombstones[0][2] >= self._next_index:
+                    break
+                _, key, index = self._tombstones.popleft()
+                segments = self._segments(key)
+                if segments is None:
+                    continue
+                service, version, location = segments
+                versions = self._tree.get(service, {})
+                locations = versions.get(version, {})
+                if locations.get(location) == (index, None):
+                    del locations[location]
+                    if not locations:
+                        del versions[version]
+                    if not versions:
+                        del self._tree[service]
+
+    # -- lookups ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True when the copy is complete and etcd confirmed it within STALE_AFTER seconds."""
+        return self._loaded and time.monotonic() - self._confirmed_at <= STALE_AFTER
+
+    def lookup(self, service: str, version: str | None, now: float) -> list[Instance] | None:
+        """The live instances under these key segments, sorted; ``None`` when not ready.
+
+        ``service`` and ``version`` are encoded key segments (``version`` None:
+        every version).
+        """
+        if not self.ready:
+            return None
+        with self._lock:
+            versions = self._tree.get(service)
+            if not versions:
+                return []
+            if version is not None:
+                groups = [versions.get(version) or {}]
+            else:
+                groups = list(versions.values())
+            found = [
+                instance
+                for locations in groups
+                for _, instance in locations.values()
+                if instance is not None and instance.expires_at > now
+            ]
+        found.sort(key=_by_version_and_location)
+        return found
+
+    def entry(self, key: str) -> tuple[int | None, Instance | None] | None:
+        """The etcd index and instance the copy holds at ``key``; ``None`` when not ready.
+
+        ``(None, None)`` when the copy holds no instance at ``key``.
+        """
+        segments = self._segments(key)
+        if segments is None or not self.ready:
+            return None
+        service, version, location = segments
+        with self._lock:
+            found = self._tree.get(service, {}).get(version, {}).get(location)
+        if found is None or found[1] is None:
+            return None, None
+        return found
+
+    def info(self) -> dict[str, Any]:
+        """The copy's state: ``ready``, ``instances``, ``tombstones``, ``index``, ``loads``,
+        ``events`` (how many watched events it applied)."""
+        with self._lock:
+            entries = [
+                entry
+                for versions in self._tree.values()
+                for locations in versions.values()
+                for entry in locations.values()
+            ]
+            return {
+                "ready": self.ready,
+                "instances": sum(1 for _, instance in entries if instance is not None),
+                "tombstones": sum(1 for _, instance in entries if instance is None),
+                "index": self._next_index - 1,
+                "loads": self.loads,
+                "events": self.events,
+            }
+
+
+def _leaves(root: dict[str, Any] | None) -> Iterable[dict[str, Any]]:
+    pending = [root] if root is not None else []
+    while pending:
+        node = pending.pop()
+        if node.get("dir"):
+            pending.extend(node.get("nodes") or ())
+        else:
+            yield node
+
+
+def _by_version_and_location(instance: Instance) -> tuple[str, str]:
+    return instance.version, instance.location
