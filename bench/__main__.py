@@ -58,7 +58,8 @@ QUICK = Plan(
 
 def serve_defaults(store: str) -> http_load.Gunicorn:
     """What ``keyard serve`` runs for ``store`` unless told otherwise."""
-    return http_load.Gunicorn("gthread", default_workers(store), DEFAULT_THREADS)
+    workers = default_workers(backends.store_type(store))
+    return http_load.Gunicorn("gthread", workers, DEFAULT_THREADS)
 
 
 #: gunicorn settings compared on the default store, to choose ``keyard serve``'s defaults.

@@ -15,13 +15,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-#: Every store, in the order the results show them.
-STORES = ("simple", "sqlite", "redis", "etcd")
+#: Every store, in the order the results show them; a name with a ``+`` is a store
+#: with options that change how it answers (see VARIANTS).
+STORES = ("simple", "sqlite", "redis", "redis+cache", "etcd", "etcd+cache")
+#: The measured variants of a store: its ``store_type`` and the options they add.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "redis+cache": ("redis", {"cache": True}),
+    "etcd+cache": ("etcd", {"cache": True}),
+}
+
+
+def store_type(store: str) -> str:
+    """The ``store_type`` a benchmarked store (or variant) runs."""
+    return VARIANTS[store][0] if store in VARIANTS else store
 
 
 @contextmanager
 def running(store: str, workdir: Path) -> Iterator[dict[str, Any]]:
     """Start ``store``'s backend in ``workdir``; yield the store's options; stop it."""
+    if store in VARIANTS:
+        name, extra = VARIANTS[store]
+        with running(name, workdir) as options:
+            yield {**options, **extra}
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     if store == "simple":
         yield {}
@@ -53,4 +69,5 @@ def running(store: str, workdir: Path) -> Iterator[dict[str, Any]]:
 
 def config(store: str, options: dict[str, Any]) -> dict[str, Any]:
     """keyard's config for ``store``: leases long enough to outlive any benchmark."""
-    return {"store_type": store, store: options, "default_ttl": 3600, "max_ttl": 86400}
+    name = store_type(store)
+    return {"store_type": name, name: options, "default_ttl": 3600, "max_ttl": 86400}

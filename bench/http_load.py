@@ -218,7 +218,7 @@ def measure(
                 "ratio": keyard["rps"] / baseline["rps"],
             }
             print(
-                f"  {store:6} {settings.label:20} {scenario:9} keyard {keyard['rps']:8.0f}/s"
+                f"  {store:10} {settings.label:20} {scenario:9} keyard {keyard['rps']:8.0f}/s"
                 f"  baseline {baseline['rps']:8.0f}/s  ratio {results[scenario]['ratio']:.2f}",
                 flush=True,
             )

@@ -112,10 +112,10 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
     """Lookup and health-check cost (microseconds) at each registry size, smallest first."""
     points = []
     # Network stores fill faster with several connections at once; local ones need one.
-    threads = 8 if store_name in ("redis", "etcd") else 1
+    threads = 8 if backends.store_type(store_name) in ("redis", "etcd") else 1
     with backends.running(store_name, workdir / f"curve-{store_name}") as options:
         config = from_dict(backends.config(store_name, options), source="bench")
-        store = create_store(store_name, config.store_options)
+        store = create_store(config.store_type, config.store_options)
         app = create_app(config, store=store)
         try:
             for instance in population.target_instances(time.time()):
@@ -134,7 +134,7 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                     "register_us": register_us,
                 }
                 print(
-                    f"  {store_name:6} {point['instances']:>9,} instances: lookup "
+                    f"  {store_name:10} {point['instances']:>9,} instances: lookup "
                     f"{point['lookup_us']:7.1f} us  heartbeat {point['heartbeat_us']:7.1f} us",
                     flush=True,
                 )

@@ -36,7 +36,9 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def test_quick_run_measures_every_store_over_http_against_the_baseline(quick_results):
     _, results = quick_results
     defaults = [run for run in results["http"] if run["default"]]
-    assert [run["store"] for run in defaults] == ["simple", "sqlite", "redis", "etcd"]
+    assert [run["store"] for run in defaults] == [
+        "simple", "sqlite", "redis", "redis+cache", "etcd", "etcd+cache"
+    ]  # fmt: skip
     for run in defaults:
         for scenario in ("lookup", "choose", "heartbeat"):
             figures = run["scenarios"][scenario]
@@ -51,7 +53,7 @@ def test_quick_run_measures_every_store_over_http_against_the_baseline(quick_res
 
 def test_quick_run_draws_the_cost_curve_for_every_store(quick_results):
     _, results = quick_results
-    for store in ("simple", "sqlite", "redis", "etcd"):
+    for store in ("simple", "sqlite", "redis", "redis+cache", "etcd", "etcd+cache"):
         points = results["curves"][store]
         assert [p["instances"] for p in points] == [110, 1010]
         assert all(p["lookup_us"] > 0 and p["heartbeat_us"] > 0 for p in points)
