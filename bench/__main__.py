@@ -40,7 +40,7 @@ FULL = Plan(
     local_sizes=(1_000, 10_000, 100_000, 1_000_000),
     network_sizes=(1_000, 10_000, 100_000),
     local_calls=5_000,
-    network_calls=1_000,
+    network_calls=3_000,
     load=http_load.Load(seconds=3, repeats=5),
     http_population=10_000,
     memory_instances=100_000,
@@ -94,7 +94,8 @@ def machine() -> dict[str, Any]:
 
 
 def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
+    command = " ".join(["bash bench/run.sh", *sys.argv[1:]])
+    results: dict[str, Any] = {"machine": machine(), "command": command}
     started = time.monotonic()
 
     print(f"memory per instance ({plan.memory_instances:,} instances in the memory store)")
@@ -112,7 +113,7 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
 
     print(
         f"HTTP load with wrk ({plan.load.connections} connections, {plan.load.seconds:g} s "
-        f"a run, best of {plan.load.repeats}; {plan.http_population:,} other instances)"
+        f"a run, median of {plan.load.repeats}; {plan.http_population:,} other instances)"
     )
     results["http"] = []
     for store in stores:

@@ -121,7 +121,31 @@ def table(results: dict[str, Any]) -> str:
         f"| {per:.0f} bytes ({results['memory']['instances']:,} instances) "
         f"| {_verdict(per <= BYTES_PER_INSTANCE)} |"
     )
+    rows += _settings_table(results)
+    machine = results["machine"]
+    rows += ["", f"Measured by `{results['command']}` on {machine['date']}: {machine['summary']}."]
     return "\n".join(rows)
+
+
+def _settings_table(results: dict[str, Any]) -> list[str]:
+    """The gunicorn settings compared on the default store, ``keyard serve``'s first."""
+    runs = [run for run in results["http"] if run["store"] == "sqlite"]
+    if len(runs) < 2:
+        return []
+    rows = [
+        "",
+        "| gunicorn settings, sqlite | lookups/s | health checks/s | |",
+        "|---|---|---|---|",
+    ]
+    for run in sorted(runs, key=lambda run: not run.get("default")):
+        figures = [run["scenarios"][name] for name in ("lookup", "heartbeat")]
+        cells = " | ".join(
+            f"{f['keyard']['rps']:,.0f} ({f['ratio']:.0%} of bare falcon)" for f in figures
+        )
+        rows.append(
+            f"| {run['gunicorn']} | {cells} | {'keyard serve' if run.get('default') else ''} |"
+        )
+    return rows
 
 
 def update_readme(readme: Path, text: str) -> None:
