@@ -531,3 +531,23 @@ def test_a_database_made_before_the_replaced_expiry_column_is_upgraded(db_path: 
         assert locations(store.lookup("web", "1.0", now)) == ["fresh", "old"]
     finally:
         store.close()
+
+
+def test_a_background_thread_checkpoints_the_log_and_stops_with_the_store(db_path: Path) -> None:
+    """Writes leave their pages in the log; the process's checkpoint thread moves them into
+    the database file within a few seconds, so health checks need not do it themselves."""
+    store = SqliteStore(db_path)
+    try:
+        empty = db_path.stat().st_size
+        now = time.time()
+        for n in range(200):  # some 20 pages of the log: far below a write's own checkpoint
+            store.register(make(service=f"svc-{n}", location="x" * 300, now=now))
+        threads = [t for t in threading.enumerate() if t.name == "keyard-sqlite-checkpoint"]
+        assert len(threads) == 1 and threads[0].daemon
+        deadline = time.monotonic() + 10
+        while db_path.stat().st_size <= empty and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db_path.stat().st_size > empty
+    finally:
+        store.close()
+    assert not threads[0].is_alive()
