@@ -542,12 +542,13 @@ def test_a_background_thread_checkpoints_the_log_and_stops_with_the_store(db_pat
         now = time.time()
         for n in range(200):  # some 20 pages of the log: far below a write's own checkpoint
             store.register(make(service=f"svc-{n}", location="x" * 300, now=now))
-        threads = [t for t in threading.enumerate() if t.name == "keyard-sqlite-checkpoint"]
-        assert len(threads) == 1 and threads[0].daemon
+        assert store._checkpointer is not None
+        thread = store._checkpointer._thread
+        assert thread.is_alive() and thread.daemon and thread.name == "keyard-sqlite-checkpoint"
         deadline = time.monotonic() + 10
         while db_path.stat().st_size <= empty and time.monotonic() < deadline:
             time.sleep(0.05)
         assert db_path.stat().st_size > empty
     finally:
         store.close()
-    assert not threads[0].is_alive()
+    assert not thread.is_alive()
