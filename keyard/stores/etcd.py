@@ -39,7 +39,7 @@ import urllib3
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.stores import options as opt
 from keyard.stores.base import Instance, Store
-from keyard.stores.etcd_mirror import Mirror
+from keyard.stores.etcd_mirror import Mirror, by_version_and_location, leaves
 
 log = logging.getLogger(__name__)
 
@@ -739,11 +739,11 @@ class EtcdStore(Store):
         found = []
         # Only leaves with a value: directories emptied by deletes or expiry stay
         # in etcd and must not show up.
-        for node in _leaves(tree):
+        for node in leaves(tree):
             instance = self._instance(node["key"], node.get("value"))
             if instance is not None and instance.expires_at > now:
                 found.append(instance)
-        found.sort(key=_by_version_and_location)
+        found.sort(key=by_version_and_location)
         return found
 
     def close(self) -> None:
@@ -1060,21 +1060,6 @@ def _write_fields(instance: Instance, token: str) -> dict[str, Any]:
         }
     )
     return {"value": value, "ttl": max(1, instance.ttl)}
-
-
-def _leaves(tree: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """Every node with a value under ``tree`` (``tree`` itself if it has one)."""
-    pending = [tree]
-    while pending:
-        node = pending.pop()
-        if node.get("dir"):
-            pending.extend(node.get("nodes") or ())
-        else:
-            yield node
-
-
-def _by_version_and_location(instance: Instance) -> tuple[str, str]:
-    return instance.version, instance.location
 
 
 def _index_of(response: urllib3.BaseHTTPResponse) -> int:

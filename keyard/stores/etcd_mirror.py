@@ -192,7 +192,7 @@ class Mirror:
         try:
             root, index = self._load_tree(time.monotonic() + self._timeout)
             tree: Tree = {}
-            for node in _leaves(root):
+            for node in leaves(root):
                 self._set(tree, node.get("key"), node.get("modifiedIndex"), node.get("value"))
         except BaseException:
             with self._lock:
@@ -364,7 +364,7 @@ class Mirror:
                 for _, instance in locations.values()
                 if instance is not None and instance.expires_at > now
             ]
-        found.sort(key=_by_version_and_location)
+        found.sort(key=by_version_and_location)
         return found
 
     def entry(self, key: str) -> tuple[int | None, Instance | None] | None:
@@ -402,7 +402,8 @@ class Mirror:
             }
 
 
-def _leaves(root: dict[str, Any] | None) -> Iterable[dict[str, Any]]:
+def leaves(root: dict[str, Any] | None) -> Iterable[dict[str, Any]]:
+    """Every node with a value under etcd's ``root`` node (``root`` itself if it has one)."""
     pending = [root] if root is not None else []
     while pending:
         node = pending.pop()
@@ -412,5 +413,6 @@ def _leaves(root: dict[str, Any] | None) -> Iterable[dict[str, Any]]:
             yield node
 
 
-def _by_version_and_location(instance: Instance) -> tuple[str, str]:
+def by_version_and_location(instance: Instance) -> tuple[str, str]:
+    """The order of lookup answers within one service."""
     return instance.version, instance.location
