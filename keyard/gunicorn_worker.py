@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -52,11 +53,20 @@ CLIENT_TIMEOUT_VARIABLE = "KEYARD_CLIENT_TIMEOUT"
 
 def client_timeout() -> float:
     """``KEYARD_CLIENT_TIMEOUT`` when it is a positive number of seconds, else the default."""
-    try:
-        seconds = float(os.environ.get(CLIENT_TIMEOUT_VARIABLE, CLIENT_TIMEOUT))
-    except ValueError:
+    text = os.environ.get(CLIENT_TIMEOUT_VARIABLE)
+    if text is None:
         return CLIENT_TIMEOUT
-    return seconds if 0 < seconds <= 3600 else CLIENT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:  # NaN too
+        logging.getLogger("gunicorn.error").warning(
+            "%s=%r is not a number of seconds in (0, 3600]; using %g",
+            CLIENT_TIMEOUT_VARIABLE, text, CLIENT_TIMEOUT,
+        )  # fmt: skip
+        return CLIENT_TIMEOUT
+    return seconds
 
 
 class _StalledClientFilter(logging.Filter):

@@ -117,3 +117,16 @@ def test_a_client_that_stalls_mid_request_is_given_up_on_and_never_holds_a_threa
         output = server.output()
     assert "Traceback" not in output, output
     assert "sent nothing for 1 s mid-request" in output, output
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "7200"])
+def test_a_client_timeout_that_is_not_a_number_of_seconds_is_named_in_a_warning(
+    text: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keyard.gunicorn_worker import CLIENT_TIMEOUT, client_timeout
+
+    monkeypatch.setenv("KEYARD_CLIENT_TIMEOUT", text)
+    assert client_timeout() == CLIENT_TIMEOUT
+    assert f"KEYARD_CLIENT_TIMEOUT={text!r}" in caplog.text
+    monkeypatch.setenv("KEYARD_CLIENT_TIMEOUT", "2.5")
+    assert client_timeout() == 2.5

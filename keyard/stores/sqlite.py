@@ -85,7 +85,7 @@ _PURGE = """DELETE FROM instances WHERE (service_name, version, location) IN (
 
 #: How many expired rows one purge deletes at most.
 PURGE_BATCH = 500
-#: How many lookup answers one thread's cache holds at most (then it starts again).
+#: How many lookup answers a process's cache holds at most (then it starts again).
 CACHED_ANSWERS = 4096
 
 
@@ -145,10 +145,12 @@ class _Checkpointer:
 
 
 class _Answers:
-    """One connection's cached lookup answers, good while the database is unchanged.
+    """The reading connection's cached lookup answers, good while the database is unchanged.
 
-    ``stamp`` is the connection's ``PRAGMA data_version`` when they were read
-    (``None``: start again), ``latest_read`` the latest ``now`` they were read at.
+    ``stamp`` is that connection's ``PRAGMA data_version`` when they were read
+    (``None`` before the first read), ``latest_read`` the latest ``now`` they were
+    read at. A new reading connection starts a new cache: its data_version
+    values are its own.
     """
 
     __slots__ = ("stamp", "latest_read", "answers")
@@ -175,13 +177,12 @@ class _Slot:
     time. ``pid`` is the process that opened it: a connection never crosses a fork.
     """
 
-    __slots__ = ("connection", "pid", "identity", "answers")
+    __slots__ = ("connection", "pid", "identity")
 
     def __init__(self) -> None:
         self.connection: sqlite3.Connection | None = None
         self.pid = 0
         self.identity = (0, 0)  # (device, inode) of the file it opened
-        self.answers = _Answers()
 
 
 class SqliteStore(Store):
@@ -212,6 +213,7 @@ class SqliteStore(Store):
         self.timeout = timeout
         self.purge_interval = purge_interval
         self._reader, self._writer = _Slot(), _Slot()
+        self._answers = _Answers()  # the reading connection's; used under the read lock
         self._read_lock = threading.Lock()  # see _turn
         self._write_lock = threading.Lock()
         self._connections_lock = threading.Lock()
@@ -288,15 +290,15 @@ class SqliteStore(Store):
         return bool(rows) and rows[0][0] > now
 
     def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
-        """Served from this thread's cache of answers while the database is unchanged.
+        """Served from the process's cache of answers while the database is unchanged.
 
-        ``PRAGMA data_version`` (one step, no table read) tells whether another
-        connection, in this process or another, has committed since the cache was
-        filled; this connection's own writes empty the cache. A cached answer
-        holds the instances live when it was read, so it is filtered by ``now``.
+        ``PRAGMA data_version`` on the reading connection (one step, no table
+        read) tells whether any other connection, the writing one of this process
+        included, has committed since the cache was filled. A cached answer holds
+        the instances live when it was read, so it is filtered by ``now``.
         """
         with self._reading() as db:
-            cache = self._reader.answers
+            cache = self._answers
             stamp = db.execute(_DATA_VERSION).fetchone()[0]
             # An answer read at a later ``now`` may lack rows still live at this one.
             if stamp != cache.stamp or now < cache.latest_read:
@@ -446,9 +448,9 @@ class SqliteStore(Store):
             if write and (checkpointer is None or checkpointer.pid != pid):
                 # Started by the process that writes: a thread never crosses a fork.
                 self._checkpointer = _Checkpointer(self)
-        slot.connection, slot.pid, slot.identity, slot.answers = (
-            connection, pid, identity, _Answers()
-        )  # fmt: skip
+        slot.connection, slot.pid, slot.identity = connection, pid, identity
+        if slot is self._reader:
+            self._answers = _Answers()
         return connection
 
     def _discard_connection(self, slot: _Slot) -> None:
