@@ -144,39 +144,34 @@ return 0
 """
 )
 
-# collect(members WITHSCORES): member, expires_at, ttl for each, flat; scores stay
-# strings, as Lua would round numbers.
-_COLLECT_LUA = """
-local function collect(members)
-    local found = {}
-    for i = 1, #members, 2 do
-        found[#found + 1] = members[i]
-        found[#found + 1] = members[i + 1]
-        found[#found + 1] = redis.call('HGET', KEYS[2], members[i])
-    end
-    return found
+# ARGV: now. Returns member, expires_at, ttl for each live member, flat, in one
+# command (one round trip); scores stay strings, as Lua would round numbers.
+_LOOKUP_LUA = """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local found = {}
+for i = 1, #live, 2 do
+    found[#found + 1] = live[i]
+    found[#found + 1] = live[i + 1]
+    found[#found + 1] = redis.call('HGET', KEYS[2], live[i])
 end
+return found
 """
-# ARGV: now. Returns collect() of the live members, in one command (one round trip).
-_LOOKUP_LUA = (
-    _COLLECT_LUA
-    + """
-return collect(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES'))
-"""
-)
 
 
 # Reads a whole service for the cache, expired members included (the copy filters them
 # at each lookup's time), and publishes the mark that orders the read among the
 # changes. ARGV: channel, token, tag. Returns what _LOOKUP_LUA returns.
-_LOAD_LUA = (
-    _COLLECT_LUA
-    + """
-local found = collect(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'))
+_LOAD_LUA = """
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local found = {}
+for i = 1, #all, 2 do
+    found[#found + 1] = all[i]
+    found[#found + 1] = all[i + 1]
+    found[#found + 1] = redis.call('HGET', KEYS[2], all[i])
+end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\nmark\\n' .. ARGV[3])
 return found
 """
-)
 
 
 def _member(version: str, location: str) -> str:
