@@ -1,46 +1,65 @@
 """The store interface: how keyard keeps and expires registered instances.
 
 A store knows nothing about HTTP, TTL policy or load balancing. The registry
-hands it fully validated :class:`Instance` records whose ``expires_at`` is
-already computed, and asks it for the live ones.
+hands it fully validated :class:`~keyard.model.Instance` records whose times are
+already computed, and asks it for the live ones. The contract every store keeps
+is tested by :mod:`keyard.testing.store_contract`.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
+
+from keyard.model import Instance, InstanceKey, ServiceSummary
+
+#: The fields :meth:`Store.put` may be asked to keep from the live record.
+KEEPABLE = frozenset({"ttl", "status", "tags", "metadata", "weight"})
 
 
-class Instance(NamedTuple):
-    """One registered location of a service version (immutable).
+def merged(live: Instance | None, instance: Instance, keep: frozenset[str]) -> Instance:
+    """What :meth:`Store.put` stores for ``instance`` when ``live`` is the live record (or None).
 
-    ``(service_name, version, location)`` is the key; ``ttl`` is the lease in
-    whole seconds and ``expires_at`` the Unix time at which the lease ends.
-    A named tuple rather than a dataclass: lookups build one per live location,
-    and a tuple is built in less than half the time of a frozen dataclass.
+    For stores that merge in Python; others do the same in their own language.
     """
+    if live is None:
+        return instance
+    ttl = live.ttl if "ttl" in keep else instance.ttl
+    return instance._replace(
+        status=live.status if "status" in keep else instance.status,
+        tags=live.tags if "tags" in keep else instance.tags,
+        metadata=live.metadata if "metadata" in keep else instance.metadata,
+        weight=live.weight if "weight" in keep else instance.weight,
+        ttl=ttl,
+        status_override=live.status_override,
+        registered_at=live.registered_at,
+        expires_at=instance.last_heartbeat_at + ttl,
+    )
 
-    service_name: str
-    version: str
-    location: str
-    ttl: int
-    expires_at: float
+
+def ordered(instances: list[Instance]) -> list[Instance]:
+    """Sorted as lookups answer: by version, then location, then instance id (code points)."""
+    instances.sort(key=lambda i: (i.version, i.location, i.instance_id))
+    return instances
 
 
 class Store(abc.ABC):
     """Abstract base class of every store.
 
-    Guarantees every implementation gives (checked by ``tests/store_contract.py``):
+    Guarantees every implementation gives (checked by the contract suite):
 
     - Keys are compared exactly: ``"web"`` never matches ``"webapp"``, ``"1.0"``
-      never matches ``"1.0.1"``. Any string round-trips byte for byte, including
-      ``/ ? : % #``, spaces, unicode and path-like names such as ``a/b`` or ``..``.
+      never matches ``"1.0.1"``. Any string round-trips exactly in every field,
+      including ``/ ? : % #``, spaces, unicode and path-like names such as
+      ``a/b`` or ``..``; so do tags and metadata.
     - An instance whose ``expires_at`` has passed is never returned, whether or
-      not it has been purged yet. Expired records are purged without scanning the
-      whole store on every call.
-    - Every method is safe to call from many threads at once; ``register`` is
-      atomic (concurrent writers never lose a registration).
+      not it has been purged yet, and counts as absent for every method.
+      Expired records are purged without scanning the whole store on every call.
+    - Every method is safe to call from many threads at once (and, where
+      :attr:`shared_across_processes`, from many processes); each write is
+      atomic: concurrent writers never lose a registration, and exactly one of
+      several concurrent first registrations of a key is told it is new.
     - A backend that cannot be reached raises :class:`keyard.errors.StoreUnavailable`,
       within the store's configured timeout; the store recovers by itself when the
       backend is back.
@@ -48,6 +67,9 @@ class Store(abc.ABC):
 
     #: The ``store_type`` name this store is registered under.
     name: ClassVar[str] = ""
+    #: True when keyard processes that open the same store see one registry
+    #: (callers check this, never a store's name).
+    shared_across_processes: ClassVar[bool] = True
 
     @classmethod
     @abc.abstractmethod
@@ -59,47 +81,48 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def register(self, instance: Instance) -> bool:
-        """Insert the instance, or replace the live one with the same key.
+    def put(self, instance: Instance, keep: frozenset[str] = frozenset()) -> tuple[Instance, bool]:
+        """Register or refresh ``instance``; returns the record as stored and whether it is new.
 
-        Sets its ``ttl`` and ``expires_at`` to the given ones. Returns ``True``
-        when no live instance had this key before (a new registration), ``False``
-        when an existing one was refreshed.
+        ``now`` is ``instance.last_heartbeat_at``. When a live record has
+        ``instance.key``, the stored record is ``instance`` with that record's
+        ``registered_at`` and ``status_override``, and its value of each field
+        named in ``keep`` (a subset of :data:`KEEPABLE`), expiring the resulting
+        ``ttl`` after now: exactly :func:`merged`. Otherwise ``instance`` is
+        stored as given, and it is new. Atomic.
         """
 
-    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
-        """The health check: extend the lease of the live instance with ``instance``'s key.
+    @abc.abstractmethod
+    def get(self, key: InstanceKey, now: float) -> Instance | None:
+        """The live record with exactly this key, or ``None``."""
 
-        The lease is extended by the live instance's own ``ttl``, from now
-        (``instance.expires_at - instance.ttl``). When no live instance has the
-        key, ``instance`` is registered as given. Returns the instance as stored
-        and whether it is new.
+    @abc.abstractmethod
+    def deregister(self, key: InstanceKey, now: float) -> Instance | None:
+        """Remove the record with this key; returns it if it was live, else ``None``."""
 
-        This default is :meth:`get` then :meth:`register`: two calls, and not
-        atomic (a concurrent write between them wins or loses as it would
-        anyway). A store that can do it in one call should.
+    @abc.abstractmethod
+    def set_override(self, key: InstanceKey, status: str | None, now: float) -> Instance | None:
+        """Set (a status) or remove (``None``) the live record's status override.
+
+        The lease (``ttl``, ``expires_at``, ``last_heartbeat_at``) is unchanged.
+        Returns the record as stored, or ``None`` when no live record has the key.
         """
-        now = instance.expires_at - instance.ttl
-        key = (instance.service_name, instance.version, instance.location)
-        known = self.get(*key, now)
-        if known is not None:
-            instance = instance._replace(ttl=known.ttl, expires_at=now + known.ttl)
-        return instance, self.register(instance)
 
     @abc.abstractmethod
-    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
-        """Return the live instance with exactly this key, or ``None``."""
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance]:
+        """The live records of the service (and ``version``, if not ``None``) in ``namespace``.
+
+        Ordered by ``(version, location, instance_id)``, comparing strings by code
+        point (:func:`ordered`). An unknown service gives an empty list.
+        """
 
     @abc.abstractmethod
-    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
-        """Remove the instance with this key. Returns ``True`` if a live one was removed."""
+    def services(self, namespace: str, now: float) -> list[ServiceSummary]:
+        """Every service of ``namespace`` with at least one live record, sorted by name.
 
-    @abc.abstractmethod
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
-        """Return the live instances of ``service_name`` (and ``version``, if not ``None``).
-
-        Ordered by ``(version, location)``, comparing strings by code point.
-        Unknown services give an empty list.
+        ``up`` counts the records whose effective status is ``UP``.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing

@@ -2,7 +2,8 @@
 
 Right for tests and a single process. Under several gunicorn worker processes
 each worker would hold its own registry, so keyard refuses to start that way
-(``keyard.worker_processes``); the default store is ``sqlite``.
+(:attr:`MemoryStore.shared_across_processes` is false; see
+``keyard.worker_processes``); the default store is ``sqlite``.
 """
 
 from __future__ import annotations
@@ -13,26 +14,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from keyard.errors import ConfigError
-from keyard.stores.base import Instance, Store
+from keyard.model import UP, Instance, InstanceKey, ServiceSummary
+from keyard.stores.base import Store, merged, ordered
 
-# service -> version -> location -> instance
-_Index = dict[str, dict[str, dict[str, Instance]]]
+# (namespace, service) -> instance_id -> record
+_Index = dict[tuple[str, str], dict[str, Instance]]
 
 
 class MemoryStore(Store):
-    """Instances indexed by service and version, expired lazily through a heap.
+    """Records indexed by namespace and service, expired lazily through a heap.
 
     A lookup costs O(instances of the service); expiry costs O(log n) per expired
     record, paid by the call that finds it due, never a scan of the registry.
     """
 
     name = "simple"
+    shared_across_processes = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._services: _Index = {}
         self._count = 0
-        # (expires_at, service, version, location); an entry is stale when the
+        # (expires_at, namespace, service, instance_id); an entry is stale when the
         # record it names has since been refreshed or removed.
         self._expiries: list[tuple[float, str, str, str]] = []
 
@@ -42,40 +45,77 @@ class MemoryStore(Store):
             raise ConfigError(f"the simple store takes no options; got {sorted(options)}")
         return cls()
 
-    def register(self, instance: Instance) -> bool:
-        with self._lock:
-            return self._put(instance, keep_ttl=False)[1]
-
-    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
+    def put(self, instance: Instance, keep: frozenset[str] = frozenset()) -> tuple[Instance, bool]:
         """Atomic: under the store's lock."""
+        now = instance.last_heartbeat_at
         with self._lock:
-            return self._put(instance, keep_ttl=True)
+            self._purge(now)
+            records = self._services.setdefault((instance.namespace, instance.service_name), {})
+            known = records.get(instance.instance_id)
+            if known is None:
+                self._count += 1
+            live = known if known is not None and known.expires_at > now else None
+            stored = merged(live, instance, keep)
+            records[instance.instance_id] = stored
+            heapq.heappush(
+                self._expiries,
+                (stored.expires_at, stored.namespace, stored.service_name, stored.instance_id),
+            )
+            if len(self._expiries) > 2 * self._count + 1024:
+                self._compact()
+        return stored, live is None
 
-    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
+    def get(self, key: InstanceKey, now: float) -> Instance | None:
         with self._lock:
-            instance = self._services.get(service_name, {}).get(version, {}).get(location)
+            instance = self._services.get(key[:2], {}).get(key.instance_id)
         if instance is None or instance.expires_at <= now:
             return None
         return instance
 
-    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
+    def deregister(self, key: InstanceKey, now: float) -> Instance | None:
         with self._lock:
             self._purge(now)
-            return self._remove(service_name, version, location) is not None
+            removed = self._remove(*key)
+        return removed if removed is not None and removed.expires_at > now else None
 
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+    def set_override(self, key: InstanceKey, status: str | None, now: float) -> Instance | None:
+        with self._lock:
+            records = self._services.get(key[:2], {})
+            instance = records.get(key.instance_id)
+            if instance is None or instance.expires_at <= now:
+                return None
+            instance = instance._replace(status_override=status)
+            records[key.instance_id] = instance
+        return instance
+
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance]:
         with self._lock:
             self._purge(now)
-            versions = self._services.get(service_name)
-            if not versions:
+            records = self._services.get((namespace, service_name))
+            if not records:
                 return []
-            if version is not None:
-                locations = versions.get(version)
-                found = [locations[k] for k in sorted(locations)] if locations else []
-            else:
-                found = [versions[v][k] for v in sorted(versions) for k in sorted(versions[v])]
-        # Purged above, so all are live unless one expires at exactly ``now``.
-        return [i for i in found if i.expires_at > now]
+            found = [
+                i
+                for i in records.values()
+                if i.expires_at > now and (version is None or i.version == version)
+            ]
+        return ordered(found)
+
+    def services(self, namespace: str, now: float) -> list[ServiceSummary]:
+        with self._lock:
+            self._purge(now)
+            summaries = []
+            for (space, service_name), records in self._services.items():
+                if space != namespace:
+                    continue
+                live = [i for i in records.values() if i.expires_at > now]
+                if live:
+                    up = sum(1 for i in live if i.effective_status == UP)
+                    summaries.append(ServiceSummary(service_name, len(live), up))
+        summaries.sort()
+        return summaries
 
     def __len__(self) -> int:
         """The number of records held, expired ones not yet purged included."""
@@ -83,58 +123,30 @@ class MemoryStore(Store):
 
     # -- internals; the caller holds the lock --------------------------------
 
-    def _put(self, instance: Instance, keep_ttl: bool) -> tuple[Instance, bool]:
-        """Store ``instance`` (with the live one's ttl if ``keep_ttl``); (stored, new)."""
-        now = instance.expires_at - instance.ttl
-        self._purge(now)
-        locations = self._services.setdefault(instance.service_name, {}).setdefault(
-            instance.version, {}
-        )
-        known = locations.get(instance.location)
-        if known is None:
-            self._count += 1
-        live = known is not None and known.expires_at > now
-        if known is not None and live and keep_ttl:
-            instance = instance._replace(ttl=known.ttl, expires_at=now + known.ttl)
-        locations[instance.location] = instance
-        heapq.heappush(
-            self._expiries,
-            (instance.expires_at, instance.service_name, instance.version, instance.location),
-        )
-        if len(self._expiries) > 2 * self._count + 1024:
-            self._compact()
-        return instance, not live
-
-    def _remove(self, service_name: str, version: str, location: str) -> Instance | None:
-        versions = self._services.get(service_name)
-        if versions is None:
+    def _remove(self, namespace: str, service_name: str, instance_id: str) -> Instance | None:
+        records = self._services.get((namespace, service_name))
+        if records is None:
             return None
-        locations = versions.get(version)
-        if locations is None:
-            return None
-        instance = locations.pop(location, None)
+        instance = records.pop(instance_id, None)
         if instance is None:
             return None
         self._count -= 1
-        if not locations:
-            del versions[version]
-            if not versions:
-                del self._services[service_name]
+        if not records:
+            del self._services[(namespace, service_name)]
         return instance
 
     def _purge(self, now: float) -> None:
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
-            expires_at, service_name, version, location = heapq.heappop(expiries)
-            current = self._services.get(service_name, {}).get(version, {}).get(location)
+            expires_at, namespace, service_name, instance_id = heapq.heappop(expiries)
+            current = self._services.get((namespace, service_name), {}).get(instance_id)
             if current is not None and current.expires_at == expires_at:
-                self._remove(service_name, version, location)
+                self._remove(namespace, service_name, instance_id)
 
     def _compact(self) -> None:
         self._expiries = [
-            (i.expires_at, i.service_name, i.version, i.location)
-            for versions in self._services.values()
-            for locations in versions.values()
-            for i in locations.values()
+            (i.expires_at, i.namespace, i.service_name, i.instance_id)
+            for records in self._services.values()
+            for i in records.values()
         ]
         heapq.heapify(self._expiries)

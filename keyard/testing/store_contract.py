@@ -1,0 +1,467 @@
+"""The store contract: one suite of tests that every store must pass.
+
+A store's test module only says how to build that store::
+
+    from keyard.testing.store_contract import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self):
+            store = MyStore(...)
+            yield store
+            store.close()
+
+Times are Unix seconds from the real clock, so that stores whose backend
+expires keys by itself (etcd, Redis) are held to the same promises. The suite
+needs pytest; it ships inside keyard so that a store of another package can run
+it without a keyard checkout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from keyard.model import DEFAULT_NAMESPACE, Instance, InstanceKey, ServiceSummary
+from keyard.stores.base import Store
+
+ODD_STRINGS = [
+    "http://10.0.0.1:8080/path?query=1&b=2#frag",
+    "with space",
+    "percent%2Fencoded%",
+    "ünïcødé/服务/🚀",
+    "a/b",
+    "..",
+    ".",
+    "/leading/slash",
+    "trailing/",
+    "back\\slash",
+    "quote\"and'apostrophe",
+    "colon:{brace}",
+    "_underscore",
+]
+KEEP_ALL = frozenset({"ttl", "status", "tags", "metadata", "weight"})
+
+
+def make(
+    service: str = "web",
+    version: str = "1.0",
+    location: str = "http://127.0.0.1:8001",
+    ttl: int = 30,
+    now: float | None = None,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    instance_id: str | None = None,
+    status: str = "UP",
+    tags: tuple[str, ...] = (),
+    metadata: dict[str, str] | None = None,
+    weight: int = 100,
+) -> Instance:
+    """A record as the registry makes it: registered and heartbeaten at ``now``."""
+    now = time.time() if now is None else now
+    return Instance(
+        namespace=namespace,
+        service_name=service,
+        instance_id=instance_id if instance_id is not None else f"{version}@{location}",
+        version=version,
+        location=location,
+        status=status,
+        status_override=None,
+        tags=tags,
+        metadata=metadata or {},
+        weight=weight,
+        ttl=ttl,
+        registered_at=now,
+        last_heartbeat_at=now,
+        expires_at=now + ttl,
+    )
+
+
+def key(instance: Instance) -> InstanceKey:
+    return instance.key
+
+
+def locations(instances: list[Instance]) -> list[str]:
+    return [i.location for i in instances]
+
+
+def same_record(found: Instance | None, expected: Instance) -> None:
+    """Every field equal; times to the millisecond (a store may keep them as text)."""
+    assert found is not None, f"{expected.key} was not found"
+    times = ("registered_at", "last_heartbeat_at", "expires_at")
+    for field in Instance._fields:
+        if field in times:
+            assert getattr(found, field) == pytest.approx(getattr(expected, field), abs=0.001), field
+        else:
+            assert getattr(found, field) == getattr(expected, field), field
+    assert isinstance(found.tags, tuple)
+    assert dict(found.metadata) == dict(expected.metadata)
+
+
+class StoreContract:
+    """Mix into a test class that provides a ``store`` fixture."""
+
+    # -- put and get ------------------------------------------------------------------
+
+    def test_put_reports_new_then_refreshed(self, store: Store) -> None:
+        assert store.put(make())[1] is True
+        assert store.put(make())[1] is False
+
+    def test_every_field_round_trips(self, store: Store) -> None:
+        instance = make(
+            ttl=40,
+            instance_id="i-1",
+            status="STARTING",
+            tags=("canary", "az-a", "z"),
+            metadata={"revision": "9f1c", "empty": "", "ü": "服务"},
+            weight=0,
+        )
+        stored, new = store.put(instance)
+        assert new is True
+        same_record(stored, instance)
+        same_record(store.get(instance.key, time.time()), instance)
+        same_record(store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())[0], instance)
+
+    def test_tags_keep_their_order(self, store: Store) -> None:
+        instance = make(tags=("b", "a", "c"))
+        store.put(instance)
+        found = store.get(instance.key, time.time())
+        assert found is not None and found.tags == ("b", "a", "c")
+
+    def test_get_matches_the_key_exactly(self, store: Store) -> None:
+        instance = make(instance_id="abc")
+        store.put(instance)
+        now = time.time()
+        assert store.get(InstanceKey(DEFAULT_NAMESPACE, "web", "ab"), now) is None
+        assert store.get(InstanceKey(DEFAULT_NAMESPACE, "webapp", "abc"), now) is None
+        assert store.get(InstanceKey("other", "web", "abc"), now) is None
+
+    def test_put_replaces_every_given_field_of_a_live_record(self, store: Store) -> None:
+        start = time.time()
+        store.put(make(ttl=10, tags=("a",), metadata={"k": "v"}, weight=5, now=start))
+        later = start + 3
+        stored, new = store.put(
+            make(ttl=100, location="http://moved", tags=("b",), metadata={}, weight=7, now=later,
+                 instance_id="1.0@http://127.0.0.1:8001", status="DOWN")
+        )
+        assert new is False
+        assert (stored.ttl, stored.tags, dict(stored.metadata), stored.weight) == (100, ("b",), {}, 7)
+        assert (stored.location, stored.status) == ("http://moved", "DOWN")
+        assert stored.registered_at == pytest.approx(start, abs=0.001)
+        assert stored.last_heartbeat_at == pytest.approx(later, abs=0.001)
+        assert stored.expires_at == pytest.approx(later + 100, abs=0.001)
+        same_record(store.get(stored.key, later), stored)
+
+    def test_put_keeps_the_named_fields_of_a_live_record(self, store: Store) -> None:
+        start = time.time()
+        first = make(ttl=600, tags=("a", "b"), metadata={"k": "v"}, weight=3, status="DOWN",
+                     now=start)
+        store.put(first)
+        later = start + 5
+        stored, new = store.put(make(ttl=30, now=later), KEEP_ALL)
+        assert new is False
+        assert (stored.ttl, stored.expires_at) == (600, pytest.approx(later + 600, abs=0.001))
+        assert (stored.tags, dict(stored.metadata), stored.weight, stored.status) == (
+            ("a", "b"), {"k": "v"}, 3, "DOWN")
+        assert stored.registered_at == pytest.approx(start, abs=0.001)
+        same_record(store.get(first.key, later), stored)
+
+    def test_put_keeps_only_what_it_is_told_to(self, store: Store) -> None:
+        start = time.time()
+        store.put(make(ttl=600, tags=("a",), weight=3, now=start))
+        stored, _ = store.put(make(ttl=30, tags=("new",), weight=9, now=start + 1),
+                              frozenset({"ttl", "tags"}))
+        assert (stored.ttl, stored.tags, stored.weight) == (600, ("a",), 9)
+
+    def test_put_with_keep_of_an_unknown_record_stores_it_as_given(self, store: Store) -> None:
+        given = make(location="new", ttl=45, tags=("t",))
+        stored, new = store.put(given, KEEP_ALL)
+        assert new is True
+        same_record(stored, given)
+        same_record(store.get(given.key, time.time()), given)
+
+    def test_put_over_an_expired_record_stores_it_as_given(self, store: Store) -> None:
+        old = make(ttl=2, now=time.time() - 10, tags=("old",))  # expired 8 s ago
+        store.put(old)
+        store.set_override(old.key, "OUT_OF_SERVICE", old.registered_at + 1)
+        given = make(ttl=50)
+        stored, new = store.put(given, KEEP_ALL)
+        assert new is True
+        same_record(stored, given)
+        assert stored.status_override is None and stored.tags == ()
+
+    def test_the_same_location_under_two_ids_is_two_instances(self, store: Store) -> None:
+        store.put(make(instance_id="one"))
+        store.put(make(instance_id="two"))
+        found = store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())
+        assert [i.instance_id for i in found] == ["one", "two"]
+
+    # -- status overrides ------------------------------------------------------------
+
+    def test_an_override_is_set_and_removed_without_touching_the_lease(self, store: Store) -> None:
+        instance = make(ttl=60)
+        store.put(instance)
+        now = time.time()
+        overridden = store.set_override(instance.key, "OUT_OF_SERVICE", now)
+        assert overridden is not None
+        assert overridden.status_override == "OUT_OF_SERVICE"
+        assert overridden.effective_status == "OUT_OF_SERVICE"
+        assert overridden.status == "UP"
+        assert overridden.expires_at == pytest.approx(instance.expires_at, abs=0.001)
+        assert overridden.last_heartbeat_at == pytest.approx(instance.last_heartbeat_at, abs=0.001)
+        same_record(store.get(instance.key, now), overridden)
+        cleared = store.set_override(instance.key, None, now)
+        assert cleared is not None and cleared.status_override is None
+        assert cleared.effective_status == "UP"
+        same_record(store.get(instance.key, now), cleared)
+
+    def test_an_override_survives_heartbeats_and_registrations(self, store: Store) -> None:
+        instance = make()
+        store.put(instance)
+        store.set_override(instance.key, "OUT_OF_SERVICE", time.time())
+        stored, _ = store.put(make(status="UP"), KEEP_ALL)
+        assert stored.status_override == "OUT_OF_SERVICE"
+        stored, _ = store.put(make(status="DOWN", tags=("x",)))
+        assert (stored.status_override, stored.status) == ("OUT_OF_SERVICE", "DOWN")
+        found = store.get(instance.key, time.time())
+        assert found is not None and found.effective_status == "OUT_OF_SERVICE"
+
+    def test_an_override_of_an_unknown_or_expired_record_is_none(self, store: Store) -> None:
+        assert store.set_override(make().key, "DOWN", time.time()) is None
+        old = make(ttl=1, now=time.time() - 10)
+        store.put(old)
+        assert store.set_override(old.key, "DOWN", time.time()) is None
+        assert store.get(old.key, time.time()) is None
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def test_lookup_matches_service_name_exactly(self, store: Store) -> None:
+        store.put(make("web", location="a"))
+        store.put(make("webapp", location="b"))
+        store.put(make("we", location="c"))
+        now = time.time()
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, now)) == ["a"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "webapp", None, now)) == ["b"]
+        assert store.lookup(DEFAULT_NAMESPACE, "w", None, now) == []
+
+    def test_lookup_matches_version_exactly(self, store: Store) -> None:
+        store.put(make(version="1.0", location="a"))
+        store.put(make(version="1.0.1", location="b"))
+        store.put(make(version="1", location="c"))
+        now = time.time()
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", now)) == ["a"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0.1", now)) == ["b"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1", now)) == ["c"]
+        assert store.lookup(DEFAULT_NAMESPACE, "web", "2.0", now) == []
+
+    def test_lookup_orders_by_version_then_location_then_id(self, store: Store) -> None:
+        store.put(make(version="2.0", location="z"))
+        store.put(make(version="1.0", location="y"))
+        store.put(make(version="1.0", location="b", instance_id="2"))
+        store.put(make(version="1.0", location="b", instance_id="1"))
+        store.put(make(version="10", location="a"))
+        found = store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())
+        assert [(i.version, i.location, i.instance_id) for i in found] == [
+            ("1.0", "b", "1"),
+            ("1.0", "b", "2"),
+            ("1.0", "y", "1.0@y"),
+            ("10", "a", "10@a"),
+            ("2.0", "z", "2.0@z"),
+        ]
+
+    def test_lookup_of_unknown_service_is_empty(self, store: Store) -> None:
+        assert store.lookup(DEFAULT_NAMESPACE, "nobody", None, time.time()) == []
+        assert store.lookup(DEFAULT_NAMESPACE, "nobody", "1.0", time.time()) == []
+
+    def test_lookup_sees_overrides_and_new_fields_at_once(self, store: Store) -> None:
+        instance = make(tags=("a",))
+        store.put(instance)
+        store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())  # a cache may hold it now
+        store.set_override(instance.key, "DOWN", time.time())
+        found = store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())
+        assert [i.effective_status for i in found] == ["DOWN"]
+        store.put(make(tags=("b",)))
+        found = store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())
+        assert [i.tags for i in found] == [("b",)]
+
+    # -- deregistration ----------------------------------------------------------------
+
+    def test_deregister_removes_only_that_instance(self, store: Store) -> None:
+        a = make(location="a")
+        store.put(a)
+        store.put(make(location="b"))
+        store.put(make(version="2.0", location="a"))
+        now = time.time()
+        removed = store.deregister(a.key, now)
+        assert removed is not None
+        same_record(removed, a)
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", now)) == ["b"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "2.0", now)) == ["a"]
+        assert store.get(a.key, now) is None
+
+    def test_deregister_unknown_instance_reports_none(self, store: Store) -> None:
+        now = time.time()
+        assert store.deregister(make(location="nowhere").key, now) is None
+        store.put(make(location="a"))
+        assert store.deregister(make(location="nowhere").key, now) is None
+        assert store.deregister(make(version="9.9", location="a").key, now) is None
+
+    def test_lookup_after_everything_is_removed_is_empty_not_null(self, store: Store) -> None:
+        a, b = make(location="a"), make(version="2.0", location="b")
+        store.put(a)
+        store.put(b)
+        store.deregister(a.key, time.time())
+        store.deregister(b.key, time.time())
+        assert store.lookup(DEFAULT_NAMESPACE, "web", None, time.time()) == []
+        assert store.services(DEFAULT_NAMESPACE, time.time()) == []
+        assert store.put(make(location="a"))[1] is True
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())) == ["a"]
+
+    # -- services ----------------------------------------------------------------------
+
+    def test_services_counts_live_and_up_instances_sorted_by_name(self, store: Store) -> None:
+        now = time.time()
+        store.put(make("web", location="a", now=now))
+        store.put(make("web", location="b", status="DOWN", now=now))
+        store.put(make("web", location="c", now=now))
+        store.set_override(make("web", location="c").key, "OUT_OF_SERVICE", now)
+        store.put(make("api", location="a", now=now))
+        store.put(make("gone", location="a", ttl=1, now=now - 10))
+        assert store.services(DEFAULT_NAMESPACE, now) == [
+            ServiceSummary("api", 1, 1),
+            ServiceSummary("web", 3, 1),
+        ]
+
+    # -- namespaces --------------------------------------------------------------------
+
+    def test_namespaces_never_see_each_other(self, store: Store) -> None:
+        now = time.time()
+        mine = make(namespace="team-a", location="shared", instance_id="same")
+        theirs = make(namespace="team-b", location="shared", instance_id="same", weight=7)
+        assert store.put(mine)[1] is True
+        assert store.put(theirs)[1] is True
+        assert [i.weight for i in store.lookup("team-a", "web", None, now)] == [100]
+        assert [i.weight for i in store.lookup("team-b", "web", None, now)] == [7]
+        assert store.lookup(DEFAULT_NAMESPACE, "web", None, now) == []
+        assert store.services("team-a", now) == [ServiceSummary("web", 1, 1)]
+        assert store.services(DEFAULT_NAMESPACE, now) == []
+        store.set_override(mine.key, "DOWN", now)
+        found = store.get(theirs.key, now)
+        assert found is not None and found.status_override is None
+        assert store.deregister(mine.key, now) is not None
+        assert store.get(theirs.key, now) is not None
+
+    @pytest.mark.parametrize("odd", ODD_STRINGS)
+    def test_odd_strings_round_trip_in_every_field(self, store: Store, odd: str) -> None:
+        instance = make(
+            service=odd, version=odd, location=odd, namespace=odd, instance_id=odd,
+            tags=(odd, "plain"), metadata={odd: odd},
+        )
+        store.put(instance)
+        found = store.lookup(odd, odd, odd, time.time())
+        assert len(found) == 1
+        same_record(found[0], instance)
+        same_record(store.get(instance.key, time.time()), instance)
+        assert store.services(odd, time.time()) == [ServiceSummary(odd, 1, 1)]
+        assert store.deregister(instance.key, time.time()) is not None
+        assert store.lookup(odd, odd, None, time.time()) == []
+
+    def test_path_like_names_do_not_see_each_other(self, store: Store) -> None:
+        store.put(make(service="a", location="1"))
+        store.put(make(service="a/b", location="2"))
+        store.put(make(service="..", location="3"))
+        store.put(make(service="a", version="x/y", location="4"))
+        store.put(make(service="b", namespace="x/a", location="5"))
+        store.put(make(service="a/b", namespace="x", location="6"))
+        now = time.time()
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "a", None, now)) == ["1", "4"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "a/b", None, now)) == ["2"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "..", None, now)) == ["3"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "a", "x", now)) == []
+        assert locations(store.lookup("x/a", "b", None, now)) == ["5"]
+        assert locations(store.lookup("x", "a/b", None, now)) == ["6"]
+        assert locations(store.lookup("x", "a", None, now)) == []
+
+    # -- expiry ------------------------------------------------------------------------
+
+    def test_instance_past_its_expiry_is_never_returned(self, store: Store) -> None:
+        now = time.time()
+        short = make(location="short", ttl=5, now=now)
+        store.put(short)
+        store.put(make(location="long", ttl=60, now=now))
+        later = now + 10
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, later)) == ["long"]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", later)) == ["long"]
+        assert store.get(short.key, later) is None
+        assert store.deregister(short.key, later) is None
+        assert store.services(DEFAULT_NAMESPACE, later) == [ServiceSummary("web", 1, 1)]
+
+    def test_registering_an_expired_key_counts_as_new(self, store: Store) -> None:
+        now = time.time()
+        store.put(make(ttl=1, now=now - 5))
+        assert store.put(make(now=now))[1] is True
+
+    @pytest.mark.slow
+    def test_expiry_happens_in_real_time(self, store: Store) -> None:
+        store.put(make(location="brief", ttl=1))
+        store.put(make(location="lasting", ttl=30))
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())) == [
+            "brief", "lasting"]
+        time.sleep(2.2)
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())) == ["lasting"]
+        assert store.put(make(location="brief", ttl=1))[1] is True
+
+    # -- scale and concurrency ---------------------------------------------------------
+
+    def test_many_instances_of_one_service(self, store: Store) -> None:
+        for n in range(200):
+            store.put(make(location=f"http://127.0.0.1:{10000 + n}"))
+        found = store.lookup(DEFAULT_NAMESPACE, "web", "1.0", time.time())
+        assert locations(found) == sorted(f"http://127.0.0.1:{10000 + n}" for n in range(200))
+
+    def test_concurrent_writers_lose_no_registration(self, store: Store) -> None:
+        threads, per_thread = 8, 25
+        errors: list[BaseException] = []
+
+        def write(t: int) -> None:
+            try:
+                for n in range(per_thread):
+                    store.put(make(location=f"{t}-{n}"))
+                    store.lookup(DEFAULT_NAMESPACE, "web", "1.0", time.time())
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert errors == []
+        found = locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", time.time()))
+        expected = [f"{t}-{n}" for t in range(threads) for n in range(per_thread)]
+        assert sorted(found) == sorted(expected)
+
+    def test_concurrent_registrations_of_one_key_report_exactly_one_new(self, store: Store) -> None:
+        threads = 8
+        results: list[bool] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(threads)
+
+        def write() -> None:
+            try:
+                barrier.wait(timeout=10)
+                results.append(store.put(make(location="contested"), KEEP_ALL)[1])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=write) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert errors == []
+        assert sorted(results) == [False] * (threads - 1) + [True]
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", time.time())) == [
+            "contested"]
