@@ -1,4 +1,4 @@
-"""Load-balancing strategies: small named objects that pick one live instance.
+"""Load-balancing strategies: small named objects that pick one instance.
 
 Add a strategy by adding an object with a ``name`` and a ``choose`` method to
 :data:`STRATEGIES`. An unknown name is an error, never a silent fallback.
@@ -12,7 +12,8 @@ import threading
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Protocol
 
-from keyard.stores.base import Instance
+from keyard.errors import NotFound
+from keyard.model import Instance
 
 
 class Strategy(Protocol):
@@ -21,12 +22,15 @@ class Strategy(Protocol):
     name: str
 
     def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
-        """Pick one of ``instances``; ``key`` names what was looked up (service, version)."""
+        """Pick one of ``instances``; ``key`` names what was looked up (service, filter).
+
+        Raises :class:`~keyard.errors.NotFound` when none of them may be picked.
+        """
         ...
 
 
 class RandomStrategy:
-    """Every live instance is equally likely."""
+    """Every instance is equally likely."""
 
     name = "random"
 
@@ -35,7 +39,12 @@ class RandomStrategy:
 
 
 class RoundRobinStrategy:
-    """Takes the live instances in turn, per (service, version), within one process."""
+    """Takes the instances in turn, per lookup (service and filters), within one process.
+
+    Several keyard processes (``keyard serve``'s workers, or keyards on several hosts)
+    each keep their own turns: sharing one counter through the store would make every
+    lookup a write. Across processes the picks are spread evenly, not strictly in turn.
+    """
 
     name = "round_robin"
 
@@ -50,6 +59,22 @@ class RoundRobinStrategy:
         return instances[turn % len(instances)]
 
 
+class WeightedStrategy:
+    """Picks an instance with probability proportional to its ``weight``; 0 is never picked."""
+
+    name = "weighted"
+
+    def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
+        weights = [instance.weight for instance in instances]
+        if not any(weights):
+            raise NotFound(
+                f"every one of the {len(instances)} matching instance(s) has weight 0, "
+                "so the weighted strategy picks none"
+            )
+        return random.choices(instances, weights)[0]
+
+
 STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy for strategy in (RandomStrategy(), RoundRobinStrategy())
+    strategy.name: strategy
+    for strategy in (RandomStrategy(), RoundRobinStrategy(), WeightedStrategy())
 }

@@ -1,7 +1,9 @@
-"""The registry: keyard's domain rules, between the HTTP resource and the store.
+"""The registry: keyard's domain rules, between the HTTP APIs and the store.
 
-It validates request fields, applies defaults and the TTL policy, computes
-expiry times from its clock, and balances lookups. It knows nothing about HTTP.
+It checks values against their bounds, applies defaults and the TTL policy,
+computes times from its clock, and balances lookups. It takes records, keys and
+filters (:mod:`keyard.model`), never a request: each API reads its own requests.
+It knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -10,20 +12,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from keyard import model
 from keyard.balancing import STRATEGIES, Strategy
 from keyard.errors import InvalidInput, NotFound
-from keyard.stores.base import Instance, Store
+from keyard.model import (
+    DEFAULT_WEIGHT,
+    UP,
+    Instance,
+    InstanceFilter,
+    InstanceKey,
+    Registration,
+    ServiceSummary,
+)
+from keyard.stores.base import Store
 
 Clock = Callable[[], float]
-Fields = Mapping[str, object]
-
-DEFAULT_VERSION = "1.0"
-#: The longest value each text field may take, in characters.
-MAX_LENGTHS = {"service_name": 128, "version": 128, "location": 1024}
-
-INSTANCE_FIELDS = ("service_name", "version", "location", "ttl")
-KEY_FIELDS = ("service_name", "version", "location")
-LOOKUP_FIELDS = ("service_name", "version", "load_balancer_strategy")
+#: No filter but the default one: UP instances of every version.
+UP_INSTANCES = InstanceFilter()
 
 
 @dataclass(frozen=True)
@@ -34,34 +39,17 @@ class TtlPolicy:
     minimum: int = 1
     maximum: int = 86400
 
+    def check(self, seconds: int) -> int:
+        if not self.minimum <= seconds <= self.maximum:
+            shown = str(seconds) if len(str(seconds)) <= 20 else f"{str(seconds)[:20]}..."
+            raise InvalidInput(
+                f"ttl must be between {self.minimum} and {self.maximum} seconds, got {shown}"
+            )
+        return seconds
 
-def _reject_unknown(fields: Fields, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        raise InvalidInput(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(allowed)}"
-        )
 
-
-def _text(fields: Fields, name: str, default: str | None = None) -> str:
-    value = fields.get(name)
-    if value is None:
-        if default is not None:
-            return default
-        raise InvalidInput(f"{name} is required")
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string, got {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise InvalidInput(f"{name} must not be empty")
-    limit = MAX_LENGTHS[name]
-    if len(value) > limit:
-        raise InvalidInput(f"{name} is {len(value)} characters long; the limit is {limit}")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidInput(f"{name} is not valid Unicode: {exc.reason} in {value!r}") from exc
-    return value
+def _describe(service_name: str, version: str | None) -> str:
+    return f"service {service_name!r}" + (f" version {version!r}" if version else "")
 
 
 class Registry:
@@ -80,85 +68,183 @@ class Registry:
         self.ttl = ttl or TtlPolicy()
         self.strategies = strategies
 
-    def _ttl(self, value: object) -> int:
-        bounds = f"between {self.ttl.minimum} and {self.ttl.maximum}"
-        if isinstance(value, int) and not isinstance(value, bool):
-            seconds: int | None = value
-        elif isinstance(value, str) and value.isascii() and value.isdigit():
-            seconds = int(value) if len(value) <= 18 else None  # int() of 5000 digits raises
-        else:
-            raise InvalidInput(f"ttl must be a whole number of seconds {bounds}, got {value!r}")
-        if seconds is None or not self.ttl.minimum <= seconds <= self.ttl.maximum:
-            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}..."
-            raise InvalidInput(f"ttl must be {bounds} seconds, got {shown}")
-        return seconds
+    # -- writes ------------------------------------------------------------------------
 
-    def _key(self, fields: Fields) -> tuple[str, str, str]:
-        return (
-            _text(fields, "service_name"),
-            _text(fields, "version", DEFAULT_VERSION),
-            _text(fields, "location"),
+    def register(self, registration: Registration) -> tuple[Instance, bool]:
+        """Register (or re-register) an instance; returns it as stored and whether it is new.
+
+        Without ``ttl`` the default TTL applies. Fields of
+        :data:`~keyard.model.KEPT_WHEN_MISSING` left out keep their stored values
+        (defaults for a new instance); an operator's status override always stays.
+        """
+        return self._put(registration, keep_ttl=False)
+
+    def heartbeat(self, registration: Registration) -> tuple[Instance, bool]:
+        """Extend an instance's lease; register it if unknown (so a restarted registry heals).
+
+        Without ``ttl`` the instance keeps the TTL it was registered with; other
+        fields as for :meth:`register`.
+        """
+        return self._put(registration, keep_ttl=True)
+
+    def _put(self, registration: Registration, *, keep_ttl: bool) -> tuple[Instance, bool]:
+        instance = self._instance(registration)
+        keep = {name for name in model.KEPT_WHEN_MISSING if getattr(registration, name) is None}
+        if keep_ttl and registration.ttl is None:
+            keep.add("ttl")
+        return self.store.put(instance, frozenset(keep))
+
+    def _instance(self, r: Registration) -> Instance:
+        """The record ``r`` asks for, each value checked against its bounds."""
+        model.check_text("namespace", r.namespace)
+        model.check_text("service_name", r.service_name)
+        model.check_text("version", r.version)
+        model.check_text("location", r.location)
+        if r.instance_id is not None:
+            instance_id = model.check_text("instance_id", r.instance_id)
+        else:
+            instance_id = model.derived_instance_id(r.version, r.location)
+        ttl = self.ttl.check(r.ttl) if r.ttl is not None else self.ttl.default
+        now = self.clock()
+        return Instance(
+            namespace=r.namespace,
+            service_name=r.service_name,
+            instance_id=instance_id,
+            version=r.version,
+            location=r.location,
+            status=model.check_status(r.status) if r.status is not None else UP,
+            status_override=None,
+            tags=model.check_tags(r.tags) if r.tags is not None else (),
+            metadata=model.check_metadata(r.metadata) if r.metadata is not None else {},
+            weight=model.check_weight(r.weight) if r.weight is not None else DEFAULT_WEIGHT,
+            ttl=ttl,
+            registered_at=now,
+            last_heartbeat_at=now,
+            expires_at=now + ttl,
         )
 
-    def register(self, fields: Fields) -> tuple[Instance, bool]:
-        """Register (or refresh) an instance. Returns it and whether it is new.
-
-        ``version`` defaults to ``"1.0"`` and ``ttl`` to the default TTL.
-        """
-        _reject_unknown(fields, INSTANCE_FIELDS)
-        service_name, version, location = self._key(fields)
-        ttl = self._ttl(fields["ttl"]) if fields.get("ttl") is not None else self.ttl.default
-        now = self.clock()
-        instance = Instance(service_name, version, location, ttl, now + ttl)
-        return instance, self.store.register(instance)
-
-    def heartbeat(self, fields: Fields) -> tuple[Instance, bool]:
-        """Refresh an instance's expiry; register it if unknown (so a restarted registry heals).
-
-        Without ``ttl`` the instance keeps the TTL it was registered with.
-        """
-        _reject_unknown(fields, INSTANCE_FIELDS)
-        service_name, version, location = self._key(fields)
-        now = self.clock()
-        if fields.get("ttl") is not None:
-            ttl = self._ttl(fields["ttl"])
-            instance = Instance(service_name, version, location, ttl, now + ttl)
-            return instance, self.store.register(instance)
-        ttl = self.ttl.default  # if the instance is unknown; else it keeps its own
-        return self.store.refresh(Instance(service_name, version, location, ttl, now + ttl))
-
-    def deregister(self, fields: Fields) -> tuple[str, str, str]:
+    def deregister(self, key: InstanceKey) -> Instance:
         """Remove an instance; NotFound when no live instance has this key."""
-        _reject_unknown(fields, KEY_FIELDS)
-        service_name, version, location = self._key(fields)
-        if not self.store.deregister(service_name, version, location, self.clock()):
+        removed = self.store.deregister(self._checked_key(key), self.clock())
+        if removed is None:
+            raise NotFound(self._unknown(key))
+        return removed
+
+    def deregister_location(
+        self, namespace: str, service_name: str, version: str, location: str
+    ) -> list[Instance]:
+        """Remove every live instance of the service at this version and location.
+
+        The instance registered there without an id is found by its derived id at
+        once; instances registered with ids of their own are found by a lookup.
+        NotFound when there is none.
+        """
+        key = InstanceKey(namespace, service_name, model.derived_instance_id(version, location))
+        now = self.clock()
+        removed = self.store.deregister(self._checked_key(key), now)
+        found = [removed] if removed is not None else []
+        for instance in self.store.lookup(namespace, service_name, version, now):
+            if instance.location == location:
+                gone = self.store.deregister(instance.key, now)
+                if gone is not None:
+                    found.append(gone)
+        if not found:
             raise NotFound(
-                f"no live instance of service {service_name!r} version {version!r} "
+                f"no live instance of {_describe(service_name, version)} "
                 f"at location {location!r}"
             )
-        return service_name, version, location
+        return found
 
-    def _find(self, fields: Fields) -> tuple[str, str | None, list[Instance]]:
-        _reject_unknown(fields, LOOKUP_FIELDS)
-        service_name = _text(fields, "service_name")
-        version = _text(fields, "version") if fields.get("version") is not None else None
-        return service_name, version, self.store.lookup(service_name, version, self.clock())
+    def set_status_override(self, key: InstanceKey, status: str) -> Instance:
+        """Impose ``status`` on the instance until :meth:`clear_status_override` (maintenance).
 
-    def lookup(self, fields: Fields) -> list[Instance]:
-        """Every live instance of the service (and version), ordered by version, then location."""
-        return self._find(fields)[2]
+        It wins over what the instance reports and survives its heartbeats; the
+        lease is unchanged. NotFound when no live instance has the key.
+        """
+        model.check_status(status)
+        found = self.store.set_override(self._checked_key(key), status, self.clock())
+        if found is None:
+            raise NotFound(self._unknown(key))
+        return found
 
-    def choose(self, fields: Fields) -> Instance:
-        """One live instance, picked by ``load_balancer_strategy``; NotFound when none is live."""
-        name = fields.get("load_balancer_strategy")
-        strategy = self.strategies.get(name) if isinstance(name, str) else None
+    def clear_status_override(self, key: InstanceKey) -> Instance:
+        """Remove the operator's status override; the instance's own status applies again."""
+        found = self.store.set_override(self._checked_key(key), None, self.clock())
+        if found is None:
+            raise NotFound(self._unknown(key))
+        return found
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, key: InstanceKey) -> Instance:
+        """The live instance with this key; NotFound when there is none."""
+        found = self.store.get(self._checked_key(key), self.clock())
+        if found is None:
+            raise NotFound(self._unknown(key))
+        return found
+
+    def instances(
+        self, namespace: str, service_name: str, where: InstanceFilter = UP_INSTANCES
+    ) -> list[Instance]:
+        """The live instances of the service that ``where`` keeps.
+
+        Ordered by version, then location, then instance id.
+        """
+        model.check_text("service_name", service_name)
+        if where.version is not None:
+            model.check_text("version", where.version)
+        found = self.store.lookup(namespace, service_name, where.version, self.clock())
+        if where.statuses is None and not where.tags:
+            return found
+        return [instance for instance in found if where.keeps(instance)]
+
+    def choose(
+        self,
+        namespace: str,
+        service_name: str,
+        strategy_name: str,
+        where: InstanceFilter = UP_INSTANCES,
+    ) -> Instance:
+        """One instance that ``where`` keeps, picked by the named strategy.
+
+        InvalidInput for an unknown strategy; NotFound when no instance matches
+        (or the strategy may pick none of them).
+        """
+        strategy = self.strategies.get(strategy_name)
         if strategy is None:
+            shown = strategy_name if len(strategy_name) <= 40 else f"{strategy_name[:40]}..."
             raise InvalidInput(
-                f"load_balancer_strategy {name!r} is not known; "
+                f"load_balancer_strategy {shown!r} is not known; "
                 f"valid: {', '.join(sorted(self.strategies))}"
             )
-        service_name, version, instances = self._find(fields)
-        if not instances:
-            which = f"service {service_name!r}" + (f" version {version!r}" if version else "")
-            raise NotFound(f"no live instance of {which}")
-        return strategy.choose(instances, (service_name, version))
+        found = self.instances(namespace, service_name, where)
+        if not found:
+            raise NotFound(f"no live instance of {_describe(service_name, where.version)}"
+                           + _filter_words(where))
+        return strategy.choose(found, (namespace, service_name, where))
+
+    def services(self, namespace: str) -> list[ServiceSummary]:
+        """Every service of the namespace with a live instance, sorted by name."""
+        return self.store.services(namespace, self.clock())
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _checked_key(key: InstanceKey) -> InstanceKey:
+        model.check_text("service_name", key.service_name)
+        model.check_text("instance_id", key.instance_id)
+        return key
+
+    @staticmethod
+    def _unknown(key: InstanceKey) -> str:
+        return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
+
+
+def _filter_words(where: InstanceFilter) -> str:
+    """What the filter asked for beyond the version, for a NotFound message."""
+    words = []
+    if where.tags:
+        words.append(f"with tag(s) {', '.join(where.tags)}")
+    if where.statuses is not None and where.statuses != frozenset({UP}):
+        words.append(f"with status {', '.join(sorted(where.statuses))}")
+    return (" " + " and ".join(words)) if words else ""

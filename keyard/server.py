@@ -16,8 +16,8 @@ from gunicorn.app.base import BaseApplication
 
 from keyard.app import create_app
 from keyard.helpers.config import Config
-from keyard.stores import create_store
-from keyard.worker_processes import refuse_memory_store_under_workers
+from keyard.stores import create_store, store_class
+from keyard.worker_processes import refuse_unshared_store_under_workers
 
 #: gunicorn's worker class for keyard: gthread (threads, so a slow store call blocks one
 #: request only), answering the requests gunicorn itself refuses in JSON.
@@ -55,7 +55,7 @@ class KeyardServer(BaseApplication):
 def check_config(config: Config, workers: int = 1) -> None:
     """Build (and close) the store ``config`` names, and refuse the memory store under
     several ``workers``: ConfigError now rather than in a worker."""
-    refuse_memory_store_under_workers(config.store_type, workers)
+    refuse_unshared_store_under_workers(store_class(config.store_type), workers)
     create_store(config.store_type, config.store_options).close()
 
 

@@ -1,4 +1,4 @@
-"""Refusing the memory store where several worker processes would each hold their own.
+"""Refusing a store that one process keeps to itself where several worker processes run.
 
 Under gunicorn with ``--workers 3`` every worker process builds its own app, so
 with ``store_type: "simple"`` each would keep a separate registry: a service
@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from keyard.errors import ConfigError
+from keyard.stores.base import Store
 
 
 def gunicorn_workers() -> int | None:
@@ -30,11 +31,11 @@ def gunicorn_workers() -> int | None:
     return None
 
 
-def refuse_memory_store_under_workers(store_name: str, workers: int | None) -> None:
-    """ConfigError when the memory store (``simple``) would run in several worker processes."""
-    if store_name == "simple" and workers is not None and workers > 1:
+def refuse_unshared_store_under_workers(store: type[Store], workers: int | None) -> None:
+    """ConfigError when a store that one process keeps to itself would run in several."""
+    if not store.shared_across_processes and workers is not None and workers > 1:
         raise ConfigError(
-            f"store_type 'simple' keeps the registry inside one process, but gunicorn runs "
+            f"store_type {store.name!r} keeps the registry inside one process, but gunicorn runs "
             f"{workers} worker processes: each would hold its own registry. Use store_type "
             "'sqlite' (the default) or 'redis', or run gunicorn with --workers 1 "
             "(add --threads for concurrency)"

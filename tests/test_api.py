@@ -11,7 +11,7 @@ import pytest
 import webtest
 
 from keyard.app import create_app
-from keyard.request_fields import MAX_BODY_BYTES
+from keyard.api.request_fields import MAX_BODY_BYTES
 from keyard.stores.memory import MemoryStore
 from tests.conftest import FakeClock
 
@@ -412,10 +412,24 @@ def test_head_answers_as_get_without_a_body(api: webtest.TestApp) -> None:
     assert api.head("/keyard", status=400).body == b""  # no service_name: as GET
 
 
-def test_options_lists_the_methods_in_allow(api: webtest.TestApp) -> None:
-    response = api.options("/keyard", status=200)
-    assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD", "POST", "PUT", "DELETE"}
+@pytest.mark.parametrize(
+    "path", ["/keyard", "/keyard/services", "/keyard/services/web/instances/x/status"]
+)
+def test_options_lists_every_method_options_included_with_no_body_and_no_type(
+    api: webtest.TestApp, path: str
+) -> None:
+    response = api.options(path, status=204)
+    allowed = set(response.headers["Allow"].split(", "))
+    assert "OPTIONS" in allowed and "GET" in allowed or "PUT" in allowed
     assert response.body == b""
+    assert "Content-Type" not in response.headers
+    not_allowed = api.patch(path, status=405)
+    assert set(not_allowed.headers["Allow"].split(", ")) == allowed
+
+
+def test_options_of_keyard_allows_every_method_it_serves(api: webtest.TestApp) -> None:
+    allowed = api.options("/keyard", status=204).headers["Allow"].split(", ")
+    assert set(allowed) == {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"}
 
 
 # -- request encoding edge cases ------------------------------------------------

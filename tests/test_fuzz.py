@@ -93,7 +93,7 @@ def test_query_strings_without_escapes_split_exactly_as_parse_qsl_does() -> None
     """The fast path for a query string with no ``%`` or ``+`` gives parse_qsl's pairs."""
     from urllib.parse import parse_qsl
 
-    from keyard.request_fields import _url_encoded_pairs
+    from keyard.api.request_fields import _url_encoded_pairs
 
     rng = random.Random(7)
     texts = ["", "&", "=", "a", "a=", "=b", "a==b", "&a=1&", "a=1&&b=2", "x=y=z&x"]

@@ -14,8 +14,9 @@ from keyard.app import create_app
 from keyard.cli import main
 from keyard.errors import ConfigError
 from keyard.helpers.config import Config
+from keyard.stores import store_class
 from keyard.stores.memory import MemoryStore
-from keyard.worker_processes import gunicorn_workers, refuse_memory_store_under_workers
+from keyard.worker_processes import gunicorn_workers, refuse_unshared_store_under_workers
 
 
 class FakeWorker:
@@ -49,14 +50,14 @@ def test_the_worker_count_of_the_gunicorn_loading_the_app_is_found() -> None:
         ("redis", 8, False),
     ],
 )
-def test_only_the_memory_store_under_several_workers_is_refused(
+def test_only_a_store_not_shared_across_processes_is_refused_under_several_workers(
     store: str, workers: int | None, refused: bool
 ) -> None:
     if refused:
         with pytest.raises(ConfigError, match="gunicorn runs 2 worker processes"):
-            refuse_memory_store_under_workers(store, workers)
+            refuse_unshared_store_under_workers(store_class(store), workers)
     else:
-        refuse_memory_store_under_workers(store, workers)
+        refuse_unshared_store_under_workers(store_class(store), workers)
 
 
 def test_create_app_refuses_the_memory_store_under_several_gunicorn_workers() -> None:

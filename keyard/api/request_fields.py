@@ -1,4 +1,4 @@
-"""Reading a request's fields: the query string merged with a JSON or form body.
+"""Reading a request's fields: the query string merged with a JSON or form body (any tree).
 
 This is HTTP plumbing only; what the fields mean is the registry's business.
 """
@@ -148,6 +148,13 @@ def _parse_body(req: falcon.Request, body: bytes) -> dict[str, object]:
             )
         return data
     if media_type in FORM_TYPES:
+        if body.lstrip()[:1] in (b"{", b"["):
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Unsupported content type",
+                description="the body looks like JSON but was sent as "
+                f"{media_type} (curl -d's default): send JSON with the header "
+                "Content-Type: application/json",
+            )
         # latin-1 maps each byte to one character; _decode_pairs then insists on UTF-8.
         return _unique_fields(_url_encoded_pairs(body.decode("latin-1"), "the form body"))
     given = (

@@ -1,0 +1,160 @@
+"""The native tree's resources: read the request, call the registry, write the answer."""
+
+from __future__ import annotations
+
+import falcon
+
+from keyard.api.native import codec, fields
+from keyard.api.paths import segment
+from keyard.api.request_fields import read_fields
+from keyard.model import DEFAULT_VERSION, InstanceKey
+from keyard.registry import Registry
+
+
+class NativeResource:
+    """Base of the native tree's resources (its middleware recognises them by it)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    @property
+    def ttl_bounds(self) -> str:
+        return f"between {self.registry.ttl.minimum} and {self.registry.ttl.maximum}"
+
+
+class KeyardResource(NativeResource):
+    """``/keyard``: register (POST), health-check (PUT), deregister (DELETE), look up (GET)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = read_fields(req)
+        fields.reject_unknown(given, fields.LOOKUP_FIELDS)
+        service_name = fields.text(given, "service_name")
+        where = fields.instance_filter(given, default_statuses=frozenset({"UP"}))
+        namespace = req.context.namespace
+        if "load_balancer_strategy" in given:
+            strategy = fields.text(given, "load_balancer_strategy")
+            chosen = self.registry.choose(namespace, service_name, strategy, where)
+            resp.media = {"result": chosen.location}
+        else:
+            found = self.registry.instances(namespace, service_name, where)
+            resp.media = {"result": [instance.location for instance in found]}
+
+    # HEAD is GET without the body (RFC 9110 9.3.2: every server supports both);
+    # falcon drops the body and keeps the status and headers, Content-Length included.
+    on_head = on_get
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        registration, full = fields.registration(
+            read_fields(req), req.context.namespace, self.ttl_bounds
+        )
+        instance, created = self.registry.register(registration)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.media = codec.record_view(instance) if full else codec.short_view(instance)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        registration, full = fields.registration(
+            read_fields(req), req.context.namespace, self.ttl_bounds
+        )
+        instance, created = self.registry.heartbeat(registration)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.media = codec.record_view(instance) if full else codec.short_view(instance)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = read_fields(req)
+        fields.reject_unknown(given, fields.DELETE_FIELDS)
+        namespace = req.context.namespace
+        service_name = fields.text(given, "service_name")
+        instance_id = fields.optional_text(given, "instance_id")
+        if instance_id is not None:
+            removed = self.registry.deregister(InstanceKey(namespace, service_name, instance_id))
+            resp.media = {
+                "deregistered": {
+                    "service_name": removed.service_name,
+                    "version": removed.version,
+                    "location": removed.location,
+                    "instance_id": removed.instance_id,
+                }
+            }
+            return
+        version = fields.text(given, "version", DEFAULT_VERSION)
+        location = fields.text(given, "location")
+        self.registry.deregister_location(namespace, service_name, version, location)
+        resp.media = {
+            "deregistered": {"service_name": service_name, "version": version, "location": location}
+        }
+
+
+class ServicesResource(NativeResource):
+    """``/keyard/services``: every service with a live instance, and how many are UP."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        fields.reject_unknown(read_fields(req), ())
+        summaries = self.registry.services(req.context.namespace)
+        resp.media = {"services": [codec.summary_view(summary) for summary in summaries]}
+
+    on_head = on_get
+
+
+class ServiceResource(NativeResource):
+    """``/keyard/services/{service_name}``: the service's live instances as full records.
+
+    Every status by default (``status=`` narrows it, as on ``/keyard``), so that an
+    operator sees the instances in maintenance too.
+    """
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
+        name = segment(req, service_name, "service_name")
+        given = read_fields(req)
+        fields.reject_unknown(given, fields.FILTER_FIELDS)
+        where = fields.instance_filter(given, default_statuses=None)
+        found = self.registry.instances(req.context.namespace, name, where)
+        resp.media = {"service_name": name, "instances": [codec.record_view(i) for i in found]}
+
+    on_head = on_get
+
+
+def _key(req: falcon.Request, service_name: str, instance_id: str) -> InstanceKey:
+    return InstanceKey(
+        req.context.namespace,
+        segment(req, service_name, "service_name"),
+        segment(req, instance_id, "instance_id"),
+    )
+
+
+class InstanceResource(NativeResource):
+    """``/keyard/services/{service_name}/instances/{instance_id}``: one record."""
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, service_name: str, instance_id: str
+    ) -> None:
+        fields.reject_unknown(read_fields(req), ())
+        resp.media = codec.record_view(self.registry.get(_key(req, service_name, instance_id)))
+
+    on_head = on_get
+
+    def on_delete(
+        self, req: falcon.Request, resp: falcon.Response, service_name: str, instance_id: str
+    ) -> None:
+        fields.reject_unknown(read_fields(req), ())
+        removed = self.registry.deregister(_key(req, service_name, instance_id))
+        resp.media = {"deregistered": codec.record_view(removed)}
+
+
+class StatusResource(NativeResource):
+    """``.../instances/{instance_id}/status``: an operator's status override (maintenance)."""
+
+    def on_put(
+        self, req: falcon.Request, resp: falcon.Response, service_name: str, instance_id: str
+    ) -> None:
+        given = read_fields(req)
+        fields.reject_unknown(given, ("status",))
+        status = fields.text(given, "status").strip().upper()
+        key = _key(req, service_name, instance_id)
+        resp.media = codec.record_view(self.registry.set_status_override(key, status))
+
+    def on_delete(
+        self, req: falcon.Request, resp: falcon.Response, service_name: str, instance_id: str
+    ) -> None:
+        fields.reject_unknown(read_fields(req), ())
+        key = _key(req, service_name, instance_id)
+        resp.media = codec.record_view(self.registry.clear_status_override(key))
