@@ -208,8 +208,12 @@ def test_every_bad_value_is_invalid_naming_the_field_and_the_bound(
 
 def test_values_at_their_bounds_are_accepted(registry: Registry) -> None:
     instance, _ = registry.register(
-        reg(weight=1000, instance_id="i" * 128, tags=tuple(f"{n:03}" + "t" * 125 for n in range(64)),
-            metadata={f"{n:03}" + "k" * 125: "v" * 1024 for n in range(64)})
+        reg(
+            weight=1000,
+            instance_id="i" * 128,
+            tags=tuple(f"{n:03}" + "t" * 125 for n in range(64)),
+            metadata={f"{n:03}" + "k" * 125: "v" * 1024 for n in range(64)},
+        )
     )
     assert len(instance.tags) == 64 and len(instance.metadata) == 64
 
