@@ -98,10 +98,19 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
     results: dict[str, Any] = {"machine": machine(), "command": command}
     started = time.monotonic()
 
-    print(f"memory per instance ({plan.memory_instances:,} instances in the memory store)")
+    print(
+        f"memory per instance ({plan.memory_instances:,} instances in the memory store, "
+        f"{population.TAGS_PER_INSTANCE} tags and {population.METADATA_KEYS_PER_INSTANCE} "
+        "metadata key each)"
+    )
     per = in_process.memory_per_instance(plan.memory_instances)
     print(f"  {per:.0f} bytes per instance")
-    results["memory"] = {"instances": plan.memory_instances, "bytes_per_instance": per}
+    results["memory"] = {
+        "instances": plan.memory_instances,
+        "bytes_per_instance": per,
+        "tags_per_instance": population.TAGS_PER_INSTANCE,
+        "metadata_keys_per_instance": population.METADATA_KEYS_PER_INSTANCE,
+    }
 
     print("in-process cost of one request as the registry grows")
     results["curves"] = {}
@@ -136,6 +145,9 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
         "target": f"{population.TARGET} version {population.TARGET_VERSION}",
         "target_instances": population.TARGET_INSTANCES,
         "others_per_service": population.OTHERS_PER_SERVICE,
+        "tags_per_instance": population.TAGS_PER_INSTANCE,
+        "metadata_keys_per_instance": population.METADATA_KEYS_PER_INSTANCE,
+        "tag_filter": population.TAG_FILTER,
     }
     return results
 

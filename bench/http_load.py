@@ -18,7 +18,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from bench import backends, population
 from keyard.server import WORKER_CLASS
@@ -120,17 +119,17 @@ def scripts(population_size: int) -> dict[str, str]:
 
 
 def register_population(port: int, size: int) -> None:
-    """POST the target's locations and ``size`` other instances over one keep-alive connection."""
+    """POST the target's instances and ``size`` other ones over one keep-alive connection.
+
+    With their tags, metadata and weights, as :mod:`bench.population` describes them.
+    """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    keys = [
-        (population.TARGET, population.TARGET_VERSION, loc) for loc in population.target_locations()
-    ]
-    keys += [population.other_key(n) for n in range(size)]
+    registrations = population.targets() + [population.other(n) for n in range(size)]
     try:
-        for service_name, version, location in keys:
-            form = {"service_name": service_name, "version": version, "location": location}
-            connection.request("POST", "/keyard", urlencode(form), headers)
+        for registration in registrations:
+            form = population.registration_form(registration)
+            connection.request("POST", "/keyard", form, headers)
             response = connection.getresponse()
             body = response.read()
             if response.status not in (200, 201):

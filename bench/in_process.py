@@ -2,8 +2,10 @@
 
 keyard's WSGI app is called directly (no network, no server), with a store
 filled to 1k, 10k, 100k, ... instances, so the curve shows what the registry
-itself costs per request at each size. Memory per instance is measured on the
-memory store with tracemalloc.
+itself costs per request at each size: a lookup of every location, a health
+check, and two lookups the 0.2 API did not have (a choice by the weighted
+strategy, a lookup filtered by a tag). Memory per instance is measured on the
+memory store with tracemalloc, each instance with its tags and metadata.
 """
 
 from __future__ import annotations
@@ -87,6 +89,14 @@ def _lookup_environ() -> dict[str, Any]:
     return _environ("GET", population.lookup_query())
 
 
+def _weighted_environ() -> dict[str, Any]:
+    return _environ("GET", population.weighted_query())
+
+
+def _tag_lookup_environ() -> dict[str, Any]:
+    return _environ("GET", population.tag_lookup_query())
+
+
 def _heartbeat_environs(size: int) -> Callable[[], dict[str, Any]]:
     """Health checks of instances picked at random among the first ``size``."""
     rng = random.Random(size)
@@ -105,15 +115,19 @@ def _fill(store: Store, start: int, stop: int, threads: int) -> float:
         batch = population.instances(first, min(stop, first + chunk), time.time())
         if threads > 1:
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(store.register, batch))
+                list(pool.map(store.put, batch))
         else:
             for instance in batch:
-                store.register(instance)
+                store.put(instance)
     return (time.perf_counter() - began) / max(1, stop - start)
 
 
 def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> list[dict[str, Any]]:
-    """Lookup and health-check cost (microseconds) at each registry size, smallest first."""
+    """Cost of each request (microseconds) at each registry size, smallest first.
+
+    ``lookup_us`` and ``heartbeat_us`` measure what keyard 0.2's bench measured;
+    ``weighted_us`` and ``tag_lookup_us`` the new lookups.
+    """
     points = []
     # Network stores fill faster with several connections at once; local ones need one.
     threads = 8 if backends.store_type(store_name) in ("redis", "etcd") else 1
@@ -123,7 +137,7 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
         app = create_app(config, store=store)
         try:
             for instance in population.target_instances(time.time()):
-                store.register(instance)
+                store.put(instance)
             filled = 0
             for size in sorted(sizes):
                 register_us = _fill(store, filled, size, threads) * 1e6
@@ -131,15 +145,21 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                 gc.collect()
                 lookup = _per_call(app, _lookup_environ, calls)
                 heartbeat = _per_call(app, _heartbeat_environs(size), calls)
+                weighted = _per_call(app, _weighted_environ, calls)
+                tag_lookup = _per_call(app, _tag_lookup_environ, calls)
                 point = {
                     "instances": size + population.TARGET_INSTANCES,
                     "lookup_us": lookup * 1e6,
                     "heartbeat_us": heartbeat * 1e6,
+                    "weighted_us": weighted * 1e6,
+                    "tag_lookup_us": tag_lookup * 1e6,
                     "register_us": register_us,
                 }
                 print(
                     f"  {store_name:10} {point['instances']:>9,} instances: lookup "
-                    f"{point['lookup_us']:7.1f} us  heartbeat {point['heartbeat_us']:7.1f} us",
+                    f"{point['lookup_us']:7.1f} us  heartbeat {point['heartbeat_us']:7.1f} us"
+                    f"  weighted {point['weighted_us']:7.1f} us"
+                    f"  by tag {point['tag_lookup_us']:7.1f} us",
                     flush=True,
                 )
                 points.append(point)
@@ -149,7 +169,11 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
 
 
 def memory_per_instance(count: int) -> float:
-    """Bytes the memory store holds per registered instance, its strings included."""
+    """Bytes the memory store holds per registered instance, its strings included.
+
+    Each instance with the population's tags and metadata key, in records as
+    the registry makes them (fresh strings each, as requests make).
+    """
     store = MemoryStore()
     gc.collect()
     tracemalloc.start()
@@ -157,7 +181,7 @@ def memory_per_instance(count: int) -> float:
         before = tracemalloc.get_traced_memory()[0]
         for first in range(0, count, 10_000):
             for instance in population.instances(first, min(count, first + 10_000), time.time()):
-                store.register(instance)
+                store.put(instance)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:

@@ -115,10 +115,17 @@ def table(results: dict[str, Any]) -> str:
             f"{beats['baseline']['rps']:,.0f}) "
             f"| {_verdict(rps >= HEARTBEATS_PER_SECOND)} |"
         )
-    per = results["memory"]["bytes_per_instance"]
+    memory = results["memory"]
+    per = memory["bytes_per_instance"]
+    labels = ""
+    if "tags_per_instance" in memory:  # results of keyard 0.2 have no tags
+        labels = (
+            f", {memory['tags_per_instance']} tags and "
+            f"{memory['metadata_keys_per_instance']} metadata key each"
+        )
     rows.append(
         f"| memory store: <= {BYTES_PER_INSTANCE} bytes per instance "
-        f"| {per:.0f} bytes ({results['memory']['instances']:,} instances) "
+        f"| {per:.0f} bytes ({memory['instances']:,} instances{labels}) "
         f"| {_verdict(per <= BYTES_PER_INSTANCE)} |"
     )
     rows += _settings_table(results)
