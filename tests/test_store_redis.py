@@ -11,10 +11,12 @@ import redis
 
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.stores import create_store
-from keyard.stores.base import Instance
+from keyard.model import DEFAULT_NAMESPACE, InstanceKey
 from keyard.stores.redis import KEY_GRACE_MS, RedisStore
+from keyard.testing.store_contract import StoreContract, locations, make
 from tests.redis_server import RedisServer
-from tests.store_contract import StoreContract, locations, make
+
+NS = DEFAULT_NAMESPACE
 
 
 class TestRedisStore(StoreContract):
@@ -23,6 +25,10 @@ class TestRedisStore(StoreContract):
         store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
         yield store
         store.close()
+
+
+def test_the_redis_store_says_it_is_shared_across_processes() -> None:
+    assert RedisStore.shared_across_processes is True
 
 
 def raw_client(server: RedisServer) -> redis.Redis:
