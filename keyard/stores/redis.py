@@ -343,16 +343,34 @@ def instance_from(namespace: str, service_name: str, fields: dict[str, Any]) -> 
     )
 
 
+#: What a value that keyard did not write raises when read as a record.
+_NOT_A_RECORD = (ValueError, KeyError, TypeError, IndexError, RecursionError)
+
+
 def parse_record(namespace: str, service_name: str, record: bytes) -> Instance:
+    """The instance of a stored record; raises ValueError (or KeyError, TypeError...)
+    for a value keyard did not write."""
     return instance_from(namespace, service_name, json.loads(record))
 
 
+def _parsed(namespace: str, service_name: str, record: bytes) -> Instance | None:
+    try:
+        return parse_record(namespace, service_name, record)
+    except _NOT_A_RECORD:
+        return None  # another program's data under keyard's keys
+
+
 def _instances(namespace: str, service_name: str, records: list[bytes]) -> list[Instance]:
-    """The instances of a lookup script's answer, unordered (one JSON parse for all)."""
+    """The instances of a lookup script's answer, unordered (one JSON parse for all;
+    values keyard did not write are skipped)."""
     if not records:
         return []
-    decoded = json.loads(b"[" + b",".join(records) + b"]")
-    return [instance_from(namespace, service_name, fields) for fields in decoded]
+    try:
+        decoded = json.loads(b"[" + b",".join(records) + b"]")
+        return [instance_from(namespace, service_name, fields) for fields in decoded]
+    except _NOT_A_RECORD:
+        found = (_parsed(namespace, service_name, record) for record in records)
+        return [instance for instance in found if instance is not None]
 
 
 def _order(instance: Instance) -> tuple[str, str, str]:
@@ -608,8 +626,8 @@ class RedisStore(Store):
             record: Any = self.client.hget(records, _member(key.instance_id))
         if record is None:
             return None
-        found = parse_record(key.namespace, key.service_name, record)
-        return found if found.expires_at > now else None
+        found = _parsed(key.namespace, key.service_name, record)
+        return found if found is not None and found.expires_at > now else None
 
     def deregister(self, key: InstanceKey, now: float) -> Instance | None:
         if not self._upgraded:
