@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from keyard.errors import ConfigError, StoreUnavailable
-from keyard.stores import create_store
 from keyard.model import DEFAULT_NAMESPACE, InstanceKey, ServiceSummary
+from keyard.stores import create_store
 from keyard.stores.redis import KEY_GRACE_MS, RedisStore
 from keyard.testing.store_contract import StoreContract, locations, make
 from tests.redis_server import RedisServer
