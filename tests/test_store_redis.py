@@ -10,11 +10,13 @@ import pytest
 import redis
 
 from keyard.errors import ConfigError, StoreUnavailable
+from keyard.model import DEFAULT_NAMESPACE, InstanceKey, ServiceSummary
 from keyard.stores import create_store
-from keyard.stores.base import Instance
 from keyard.stores.redis import KEY_GRACE_MS, RedisStore
+from keyard.testing.store_contract import StoreContract, locations, make
 from tests.redis_server import RedisServer
-from tests.store_contract import StoreContract, locations, make
+
+NS = DEFAULT_NAMESPACE
 
 
 class TestRedisStore(StoreContract):
@@ -23,6 +25,10 @@ class TestRedisStore(StoreContract):
         store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
         yield store
         store.close()
+
+
+def test_the_redis_store_says_it_is_shared_across_processes() -> None:
+    assert RedisStore.shared_across_processes is True
 
 
 def raw_client(server: RedisServer) -> redis.Redis:
@@ -42,7 +48,7 @@ def test_host_port_db_password_options(redis_server: RedisServer, redis_prefix: 
         kwargs = store.client.connection_pool.connection_kwargs
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", redis_server.port, 3)
         assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 2.0
-        store.register(make())
+        store.put(make())
         client = raw_client(redis_server)
         assert client.execute_command("SELECT", 3) and client.keys(f"{redis_prefix}:*")
         client.close()
@@ -104,7 +110,7 @@ def test_a_password_in_the_url_never_appears_in_messages() -> None:
         "redis", {"url": "redis://:s3cret@127.0.0.1:1/0", "timeout": 0.5}
     )  # nothing listens on port 1
     with pytest.raises(StoreUnavailable) as unavailable:
-        store.lookup("web", None, time.time())
+        store.lookup(NS, "web", None, time.time())
     assert "s3cret" not in str(unavailable.value) and ":***@127.0.0.1:1" in str(unavailable.value)
     store.close()
 
@@ -127,19 +133,20 @@ def test_prefixes_isolate_registries_sharing_one_redis(
     second = create_store("redis", {"url": redis_server.url, "prefix": f"{redis_prefix}:b"})
     third = create_store("redis", {"url": redis_server.url, "prefix": f"{redis_prefix}:{{b"})
     try:
-        assert first.register(make(location="first")) is True
-        assert second.register(make(location="second")) is True
-        assert third.register(make(service="b}:{web", location="third")) is True
-        assert locations(first.lookup("web", None, time.time())) == ["first"]
-        assert locations(second.lookup("web", None, time.time())) == ["second"]
-        assert third.lookup("web", None, time.time()) == []
-        assert first.lookup("b}:{web", None, time.time()) == []
-        assert second.deregister("web", "1.0", "first", time.time()) is False
-        assert first.register(make(location="first")) is False
+        assert first.put(make(location="first"))[1] is True
+        assert second.put(make(location="second"))[1] is True
+        assert third.put(make(service="b}:{web", location="third"))[1] is True
+        assert locations(first.lookup(NS, "web", None, time.time())) == ["first"]
+        assert locations(second.lookup(NS, "web", None, time.time())) == ["second"]
+        assert third.lookup(NS, "web", None, time.time()) == []
+        assert first.lookup(NS, "b}:{web", None, time.time()) == []
+        assert second.deregister(make(location="first").key, time.time()) is None
+        assert first.put(make(location="first"))[1] is False
         client = raw_client(redis_server)
         keys = client.keys(f"{redis_prefix}*")
         client.close()
-        assert all(key.startswith(redis_prefix) for key in keys) and len(keys) == 6
+        # Per store: the service's two keys and the namespace's index.
+        assert all(key.startswith(redis_prefix) for key in keys) and len(keys) == 9
     finally:
         for store in (first, second, third):
             store.close()
@@ -148,31 +155,37 @@ def test_prefixes_isolate_registries_sharing_one_redis(
 def test_keys_are_ascii_and_escape_separators(redis_server: RedisServer, redis_prefix: str) -> None:
     store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
-        store.register(make(service="a:{b}/ü", location="x"))
+        store.put(make(service="a:{b}/ü", namespace="n/s", location="x", instance_id="i\nd"))
         client = raw_client(redis_server)
         keys = sorted(client.keys(f"{redis_prefix}:*"))
+        members = client.zrange(f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:leases", 0, -1)
         client.close()
         assert keys == [
-            f"{redis_prefix}:{{a%3A%7Bb%7D%2F%C3%BC}}:{kind}" for kind in ("expiry", "ttl")
+            f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:leases",
+            f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:records",
+            f"{redis_prefix}:{{n%2Fs}}:services",
         ]
+        assert members == ['"i\\nd"'], "members are ASCII, without a newline"
     finally:
         store.close()
 
 
-def test_members_keyard_did_not_write_are_ignored_by_lookups(
+def test_values_keyard_did_not_write_are_ignored_by_lookups_and_gets(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    assert isinstance(store, RedisStore)
     client = raw_client(redis_server)
     try:
-        store.register(make(service="web", version="1.0", location="real"))
-        expiry_key, ttl_key = f"{redis_prefix}:{{web}}:expiry", f"{redis_prefix}:{{web}}:ttl"
+        store.put(make(service="web", version="1.0", location="real"))
+        leases, records, _ = store._keys(NS, "web")
         nested = "[" * 100_000 + "]" * 100_000
-        for foreign in ("not json", '{"a": 1}', '["only one"]', "[1, 2]", nested):
-            client.zadd(expiry_key, {foreign: time.time() + 600})
-            client.hset(ttl_key, foreign, 600)
-        found = store.lookup("web", None, time.time())
+        for n, foreign in enumerate(("not json", '{"a": 1}', '["only one"]', "[1, 2]", nested)):
+            client.zadd(leases, {f"foreign-{n}": time.time() + 600})
+            client.hset(records, f"foreign-{n}", foreign)
+        found = store.lookup(NS, "web", None, time.time())
         assert [(i.version, i.location) for i in found] == [("1.0", "real")]
+        assert store.get(InstanceKey(NS, "web", "foreign-1"), time.time()) is None
     finally:
         client.close()
         store.close()
@@ -182,9 +195,35 @@ def test_lone_surrogates_round_trip(redis_server: RedisServer, redis_prefix: str
     store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
         odd = "\ud800x\udfff"
-        assert store.register(make(service=odd, version=odd, location=odd)) is True
-        found = store.lookup(odd, odd, time.time())
-        assert [(i.service_name, i.version, i.location) for i in found] == [(odd, odd, odd)]
+        instance = make(service=odd, version=odd, location=odd, namespace=odd, instance_id=odd,
+                        tags=(odd,), metadata={odd: odd})
+        assert store.put(instance)[1] is True
+        found = store.lookup(odd, odd, odd, time.time())
+        assert found == [instance]
+        assert store.get(instance.key, time.time()) == instance
+    finally:
+        store.close()
+
+
+def test_a_heartbeat_keeps_times_to_the_exact_double(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """The merge happens in Lua without rounding: exactly what merged() computes."""
+    from keyard.stores.base import merged
+    from keyard.testing.store_contract import KEEP_ALL
+
+    store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        start = int(time.time()) + 0.123_456_789_1
+        first = make(ttl=600, tags=("a",), now=start)
+        store.put(first)
+        store.set_override(first.key, "DOWN", start)
+        beat = make(ttl=30, now=start + 0.1 + 1e-9)
+        stored, new = store.put(beat, KEEP_ALL)
+        live = first._replace(status_override="DOWN")
+        assert new is False and stored == merged(live, beat, KEEP_ALL)
+        assert store.get(first.key, start) == stored
+        assert store.lookup(NS, "web", None, start) == [stored]
     finally:
         store.close()
 
@@ -195,23 +234,46 @@ def test_expired_members_are_purged_by_writes_and_keys_expire_after_the_last_ins
     store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     assert isinstance(store, RedisStore)
     client = redis.Redis.from_url(redis_server.url)
-    expiry_key, ttl_key = store._keys("web")
+    leases, records, index = store._keys(NS, "web")
     try:
         now = time.time()
         for n in range(20):
-            store.register(Instance("web", "1.0", f"old-{n}", 5, now - 100 + 5))
-        store.register(Instance("web", "1.0", "live", 100, now + 100))
-        assert client.zcard(expiry_key) == 1 and client.hlen(ttl_key) == 1
-        assert client.hkeys(ttl_key) == [b'["1.0","live"]']
-        key_ttl_ms = client.pttl(expiry_key)
+            store.put(make(location=f"old-{n}", ttl=5, now=now - 100))
+        store.put(make(location="live", ttl=100, now=now))
+        assert client.zcard(leases) == 1 and client.hlen(records) == 1
+        assert client.hkeys(records) == [b'"1.0@live"']
+        key_ttl_ms = client.pttl(leases)
         assert 100_000 + KEY_GRACE_MS - 5000 < key_ttl_ms <= 100_000 + KEY_GRACE_MS
-        assert client.pttl(ttl_key) == pytest.approx(key_ttl_ms, abs=1000)
+        assert client.pttl(records) == pytest.approx(key_ttl_ms, abs=1000)
+        assert client.pttl(index) == pytest.approx(key_ttl_ms, abs=1000)
         # A shorter registration never shortens the keys' life below the longest instance.
-        store.register(Instance("web", "1.0", "brief", 1, now + 1))
-        assert client.pttl(expiry_key) > 99_000 + KEY_GRACE_MS - 5000
-        assert store.deregister("web", "1.0", "live", now) is True
-        assert store.deregister("web", "1.0", "brief", now) is True
-        assert client.exists(expiry_key, ttl_key) == 0, "empty keys vanish"
+        store.put(make(location="brief", ttl=1, now=now))
+        assert client.pttl(leases) > 99_000 + KEY_GRACE_MS - 5000
+        assert client.pttl(index) > 99_000 + KEY_GRACE_MS - 5000
+        assert store.deregister(make(location="live").key, now) is not None
+        assert store.deregister(make(location="brief").key, now) is not None
+        assert client.exists(leases, records) == 0, "empty keys vanish"
+        assert client.zcard(index) == 0, "and the service leaves the namespace's index"
+    finally:
+        client.close()
+        store.close()
+
+
+def test_services_reads_the_namespace_index_without_scanning(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    client = raw_client(redis_server)
+    try:
+        now = time.time()
+        store.put(make("web", location="a", now=now))
+        store.put(make("api", location="a", status="DOWN", now=now))
+        store.put(make("brief", location="a", ttl=1, now=now - 10))
+        client.mset({f"{redis_prefix}:unrelated:{n}": "x" for n in range(100)})
+        client.config_resetstat()
+        assert store.services(NS, now) == [ServiceSummary("api", 1, 0), ServiceSummary("web", 1, 1)]
+        stats = client.info("commandstats")
+        assert not any(name in stats for name in ("cmdstat_scan", "cmdstat_keys")), stats
     finally:
         client.close()
         store.close()
@@ -228,16 +290,19 @@ def test_redis_down_is_store_unavailable_within_the_timeout_and_the_store_recove
     store = create_store(
         "redis", {"url": own_redis_server.url, "prefix": redis_prefix, "timeout": timeout}
     )
+    a = make(location="a", ttl=300)
     try:
-        assert store.register(make(location="a", ttl=300)) is True
+        assert store.put(a)[1] is True
 
         # Paused: the port accepts connections but nothing answers -> a timeout.
         own_redis_server.pause()
         for call in (
-            lambda: store.lookup("web", None, time.time()),
-            lambda: store.register(make(location="b")),
-            lambda: store.get("web", "1.0", "a", time.time()),
-            lambda: store.deregister("web", "1.0", "a", time.time()),
+            lambda: store.lookup(NS, "web", None, time.time()),
+            lambda: store.put(make(location="b")),
+            lambda: store.get(a.key, time.time()),
+            lambda: store.set_override(a.key, "DOWN", time.time()),
+            lambda: store.deregister(a.key, time.time()),
+            lambda: store.services(NS, time.time()),
         ):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
@@ -245,24 +310,91 @@ def test_redis_down_is_store_unavailable_within_the_timeout_and_the_store_recove
             assert time.monotonic() - started < timeout + 1
         own_redis_server.resume()
         # What the timed-out calls had sent may or may not have run; new calls work.
-        assert store.register(make(location="c")) is True
-        assert "c" in locations(store.lookup("web", None, time.time()))
+        assert store.put(make(location="c"))[1] is True
+        assert "c" in locations(store.lookup(NS, "web", None, time.time()))
 
         # Stopped: connections are refused -> at once.
         own_redis_server.stop()
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="cannot be reached") as caught:
-            store.lookup("web", None, time.time())
+            store.lookup(NS, "web", None, time.time())
         assert time.monotonic() - started < timeout + 1
         assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
 
         # Back on the same port (empty: no persistence): the same store object works again,
         # scripts reloaded and all.
         own_redis_server.start()
-        assert store.lookup("web", None, time.time()) == []
-        assert store.register(make(location="a")) is True
-        assert store.register(make(location="a")) is False
-        assert store.deregister("web", "1.0", "a", time.time()) is True
+        assert store.lookup(NS, "web", None, time.time()) == []
+        assert store.put(make(location="a"))[1] is True
+        assert store.put(make(location="a"))[1] is False
+        assert store.deregister(a.key, time.time()) is not None
+    finally:
+        store.close()
+
+
+def test_a_store_opened_while_redis_is_down_upgrades_and_serves_once_it_is_up(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    own_redis_server.stop()
+    store = create_store(
+        "redis", {"url": own_redis_server.url, "prefix": redis_prefix, "timeout": 0.5}
+    )
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            store.lookup(NS, "web", None, time.time())
+        own_redis_server.start()
+        client = raw_client(own_redis_server)
+        client.zadd(f"{redis_prefix}:{{web}}:expiry", {'["1.0","old"]': 4102444800.0})
+        client.hset(f"{redis_prefix}:{{web}}:ttl", '["1.0","old"]', "30")
+        client.close()
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["old"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("where", ["option", "url"])
+def test_a_redis_that_needs_a_password_says_so(
+    own_redis_server: RedisServer, redis_prefix: str, where: str
+) -> None:
+    client = raw_client(own_redis_server)
+    client.config_set("requirepass", "s3cret")
+    client.close()
+    store = create_store("redis", {"url": own_redis_server.url, "prefix": redis_prefix})
+    try:
+        for call in (
+            lambda: store.lookup(NS, "web", None, time.time()),
+            lambda: store.put(make()),
+            lambda: store.get(make().key, time.time()),
+            lambda: store.services(NS, time.time()),
+        ):
+            with pytest.raises(StoreUnavailable) as caught:
+                call()
+            message = str(caught.value)
+            assert "needs a password: set the redis store's password option" in message
+            assert "HELLO" not in message and "NOAUTH" not in message
+    finally:
+        store.close()
+    good = (
+        {"port": own_redis_server.port, "host": "127.0.0.1", "password": "s3cret"}
+        if where == "option"
+        else {"url": f"redis://:s3cret@127.0.0.1:{own_redis_server.port}/0"}
+    )
+    store = create_store("redis", {**good, "prefix": redis_prefix})
+    try:
+        assert store.put(make())[1] is True
+    finally:
+        store.close()
+    wrong = (
+        {"port": own_redis_server.port, "host": "127.0.0.1", "password": "wrong-one"}
+        if where == "option"
+        else {"url": f"redis://:wrong-one@127.0.0.1:{own_redis_server.port}/0"}
+    )
+    store = create_store("redis", {**wrong, "prefix": redis_prefix})
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            store.lookup(NS, "web", None, time.time())
+        assert "refused the password keyard gave" in str(caught.value)
+        assert "wrong-one" not in str(caught.value)
     finally:
         store.close()
 
@@ -284,7 +416,7 @@ def test_configured_from_environment_variables(
     try:
         assert isinstance(store, RedisStore) and store.prefix == redis_prefix
         assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
-        assert store.register(make()) is True
+        assert store.put(make())[1] is True
     finally:
         store.close()
 
@@ -311,12 +443,14 @@ def test_a_server_that_does_not_speak_redis_is_store_unavailable(redis_prefix: s
         store = create_store(
             "redis", {"url": f"redis://127.0.0.1:{port}/0", "prefix": redis_prefix, "timeout": 1}
         )
+        key = make(location="x").key
         try:
             for call in (
-                lambda: store.lookup("web", None, time.time()),
-                lambda: store.register(make()),
-                lambda: store.get("web", "1.0", "x", time.time()),
-                lambda: store.deregister("web", "1.0", "x", time.time()),
+                lambda: store.lookup(NS, "web", None, time.time()),
+                lambda: store.put(make()),
+                lambda: store.get(key, time.time()),
+                lambda: store.deregister(key, time.time()),
+                lambda: store.set_override(key, "DOWN", time.time()),
             ):
                 with pytest.raises(StoreUnavailable, match="did not answer as a Redis server"):
                     call()

@@ -10,6 +10,7 @@ incomplete (Redis stopped, restarted, flushed).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -21,12 +22,14 @@ import redis
 
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.helpers import config
+from keyard.model import DEFAULT_NAMESPACE, Instance
 from keyard.stores import create_store, redis_mirror
-from keyard.stores.base import Instance
-from keyard.stores.redis import RedisStore
-from keyard.stores.redis_mirror import Mirror
+from keyard.stores.redis import RedisStore, parse_record, record_text
+from keyard.stores.redis_mirror import REMOVED, Mirror
+from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 from tests.redis_server import RedisServer
-from tests.store_contract import StoreContract, locations, make
+
+NS = DEFAULT_NAMESPACE
 
 #: How long a change may take to reach another process's copy in these tests.
 PROPAGATION = 2.0
@@ -56,8 +59,8 @@ def copied(store: RedisStore, service_name: str) -> Mirror:
     mirror = started_mirror(store)
     assert poll(
         lambda: (
-            store.lookup(service_name, None, time.time()) is not None
-            and mirror.lookup(service_name, None, time.time()) is not None
+            store.lookup(NS, service_name, None, time.time()) is not None
+            and mirror.lookup(NS, service_name, None, time.time()) is not None
         )
     ), f"{service_name!r} never copied"
     return mirror
@@ -83,13 +86,15 @@ class TestCachedRedisStore(StoreContract):
 class CopyOnlyLookups(RedisStore):
     """Every lookup answered from the copy: the service is copied first, then read there."""
 
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance]:
         mirror = started_mirror(self)
-        super().lookup(service_name, version, now)  # copies the service if it is not yet
+        super().lookup(namespace, service_name, version, now)  # copies the service if not yet
         found: list[list[Instance]] = []
         assert poll(
             lambda: (
-                (answer := mirror.lookup(service_name, version, now)) is not None
+                (answer := mirror.lookup(namespace, service_name, version, now)) is not None
                 and not found.append(answer)
             )
         ), f"{service_name!r} never copied"
@@ -116,7 +121,7 @@ def test_the_cache_is_off_by_default_and_set_by_the_option_or_the_environment(
 ) -> None:
     off = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     assert isinstance(off, RedisStore) and off.cache is False
-    off.lookup("web", None, time.time())
+    off.lookup(NS, "web", None, time.time())
     assert off._mirror is None, "no copy, no thread without the option"
     off.close()
     loaded = config.load(
@@ -146,27 +151,76 @@ def test_changes_through_another_store_reach_the_copy_within_a_bounded_wait(
     reader = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
-        writer.register(make(location="a", ttl=300))
+        writer.put(make(location="a", ttl=300))
         mirror = copied(reader, "web")
 
         def from_copy() -> list[tuple[str, int]]:
-            answer = mirror.lookup("web", None, time.time())
+            answer = mirror.lookup(NS, "web", None, time.time())
             assert answer is not None, "the copy stopped answering"
             return [(i.location, i.ttl) for i in answer]
 
-        writer.register(make(location="b", ttl=300))
+        writer.put(make(location="b", ttl=300))
         assert poll(lambda: from_copy() == [("a", 300), ("b", 300)]), from_copy()
-        writer.register(make(location="a", ttl=40))
+        writer.put(make(location="a", ttl=40))
         assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
-        refreshed, new = writer.refresh(make(location="b", ttl=5))
+        refreshed, new = writer.put(make(location="b", ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (300, False)
         assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
-        assert writer.deregister("web", "1.0", "a", time.time()) is True
+        assert writer.deregister(make(location="a").key, time.time()) is not None
         assert poll(lambda: from_copy() == [("b", 300)]), from_copy()
-        assert locations(reader.lookup("web", None, time.time())) == ["b"]
+        assert locations(reader.lookup(NS, "web", None, time.time())) == ["b"]
     finally:
         reader.close()
         writer.close()
+
+
+def test_overrides_new_tags_and_removals_elsewhere_reach_the_copy_within_milliseconds(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    reader = cached_store(redis_server, redis_prefix)
+    writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
+    try:
+        instance = make(location="a", ttl=300, tags=("old",))
+        writer.put(instance)
+        mirror = copied(reader, "web")
+
+        def seen(check: Callable[[list[Instance]], bool]) -> float:
+            started = time.monotonic()
+            assert poll(lambda: check(reader.lookup(NS, "web", None, time.time())))
+            return time.monotonic() - started
+
+        writer.set_override(instance.key, "OUT_OF_SERVICE", time.time())
+        waited = seen(lambda found: [i.effective_status for i in found] == ["OUT_OF_SERVICE"])
+        assert waited < 0.5, f"the override took {waited:.3f} s"
+        writer.put(make(location="a", ttl=300, tags=("new",)), frozenset({"ttl"}))
+        waited = seen(lambda found: [(i.tags, i.status_override) for i in found] == [
+            (("new",), "OUT_OF_SERVICE")])
+        assert waited < 0.5, f"the new tags took {waited:.3f} s"
+        writer.set_override(instance.key, None, time.time())
+        assert seen(lambda found: [i.status_override for i in found] == [None]) < 0.5
+        writer.deregister(instance.key, time.time())
+        assert seen(lambda found: found == []) < 0.5
+        assert mirror.lookup(NS, "web", None, time.time()) == [], "answered by the copy"
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_own_overrides_are_in_the_copy_at_once(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = cached_store(redis_server, redis_prefix)
+    try:
+        instance = make(location="a", ttl=300)
+        store.put(instance)
+        mirror = copied(store, "web")
+        for status in ("DOWN", None, "OUT_OF_SERVICE", None):
+            stored = store.set_override(instance.key, status, time.time())
+            assert mirror.lookup(NS, "web", None, time.time()) == [stored]
+        assert store.set_override(make(location="nowhere").key, "DOWN", time.time()) is None
+        assert mirror._own == {}, "a write that published nothing leaves nothing waiting"
+    finally:
+        store.close()
 
 
 def test_instances_leave_the_copy_at_their_expiry_without_any_write(
@@ -175,22 +229,22 @@ def test_instances_leave_the_copy_at_their_expiry_without_any_write(
     reader = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
-        writer.register(make(location="lasting", ttl=300))
+        writer.put(make(location="lasting", ttl=300))
         mirror = copied(reader, "web")
         brief = make(location="brief", ttl=1)
-        writer.register(brief)
-        assert poll(lambda: len(reader.lookup("web", None, time.time())) == 2)
+        writer.put(brief)
+        assert poll(lambda: len(reader.lookup(NS, "web", None, time.time())) == 2)
         # At its expiry exactly, and after, never returned; before it, returned.
-        assert locations(mirror.lookup("web", None, brief.expires_at - 0.001) or []) == [
+        assert locations(mirror.lookup(NS, "web", None, brief.expires_at - 0.001) or []) == [
             "brief",
             "lasting",
         ]
-        assert locations(mirror.lookup("web", None, brief.expires_at) or []) == ["lasting"]
-        assert locations(mirror.lookup("web", "1.0", brief.expires_at + 1) or []) == ["lasting"]
+        assert locations(mirror.lookup(NS, "web", None, brief.expires_at) or []) == ["lasting"]
+        assert locations(mirror.lookup(NS, "web", "1.0", brief.expires_at + 1) or []) == ["lasting"]
         # In real time, nothing written meanwhile.
         time.sleep(max(0.0, brief.expires_at - time.time()))
-        assert locations(reader.lookup("web", None, time.time())) == ["lasting"]
-        assert mirror.lookup("web", None, time.time()) is not None, "answered by the copy"
+        assert locations(reader.lookup(NS, "web", None, time.time())) == ["lasting"]
+        assert mirror.lookup(NS, "web", None, time.time()) is not None, "answered by the copy"
     finally:
         reader.close()
         writer.close()
@@ -199,16 +253,16 @@ def test_instances_leave_the_copy_at_their_expiry_without_any_write(
 def test_own_writes_are_in_the_copy_at_once(redis_server: RedisServer, redis_prefix: str) -> None:
     store = cached_store(redis_server, redis_prefix)
     try:
-        store.register(make(location="a"))
+        store.put(make(location="a"))
         mirror = copied(store, "web")
         for n in range(50):
-            store.register(make(location=f"n{n}", ttl=100 + n))
-            answer = mirror.lookup("web", None, time.time())
+            store.put(make(location=f"n{n}", ttl=100 + n))
+            answer = mirror.lookup(NS, "web", None, time.time())
             assert answer is not None and f"n{n}" in locations(answer)
-            refreshed, _ = store.refresh(make(location=f"n{n}", ttl=5))
-            assert refreshed in (mirror.lookup("web", None, time.time()) or [])
-            assert store.deregister("web", "1.0", f"n{n}", time.time()) is True
-            assert locations(mirror.lookup("web", None, time.time()) or []) == ["a"]
+            refreshed, _ = store.put(make(location=f"n{n}", ttl=5), KEEP_ALL)
+            assert refreshed in (mirror.lookup(NS, "web", None, time.time()) or [])
+            assert store.deregister(make(location=f"n{n}").key, time.time()) is not None
+            assert locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["a"]
     finally:
         store.close()
 
@@ -221,7 +275,7 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
     other = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     direct = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
-        mine.register(make(location="seed"))
+        mine.put(make(location="seed"))
         mirror = copied(mine, "web")
         stop = time.monotonic() + 1.5
 
@@ -230,9 +284,9 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
             n = 0
             while time.monotonic() < stop:
                 location = f"k{n % 5}"
-                store.register(make(location=location, ttl=ttl))
+                store.put(make(location=location, ttl=ttl))
                 if n % 3 == 0:
-                    store.deregister("web", "1.0", location, time.time())
+                    store.deregister(make(location=location).key, time.time())
                 n += 1
 
         threads = [
@@ -247,9 +301,9 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
 
         def same_as_redis() -> bool:
             now = time.time()
-            truth = [(i.location, i.ttl, i.expires_at) for i in direct.lookup("web", None, now)]
+            truth = [(i.location, i.ttl, i.expires_at) for i in direct.lookup(NS, "web", None, now)]
             copy = [
-                (i.location, i.ttl, i.expires_at) for i in mirror.lookup("web", None, now) or []
+                (i.location, i.ttl, i.expires_at) for i in mirror.lookup(NS, "web", None, now) or []
             ]
             return copy == truth
 
@@ -269,14 +323,14 @@ def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_sto
     timeout = 0.5
     store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
     try:
-        store.register(make(location="before", ttl=300))
+        store.put(make(location="before", ttl=300))
         mirror = copied(store, "web")
 
         own_redis_server.stop()
 
         def unavailable() -> bool:
             try:
-                store.lookup("web", None, time.time())
+                store.lookup(NS, "web", None, time.time())
             except StoreUnavailable:
                 return True
             return False
@@ -285,20 +339,20 @@ def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_sto
         for _ in range(3):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
-                store.lookup("web", None, time.time())
+                store.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < timeout + 1
         assert mirror.current is False
 
         own_redis_server.start()  # empty: no persistence
         assert poll(lambda: not unavailable(), timeout=10)
-        assert store.lookup("web", None, time.time()) == [], "nothing from before the restart"
+        assert store.lookup(NS, "web", None, time.time()) == [], "nothing from before the restart"
         other = create_store("redis", {"url": own_redis_server.url, "prefix": redis_prefix})
         try:
-            other.register(make(location="after", ttl=300))
+            other.put(make(location="after", ttl=300))
             assert poll(
                 lambda: (
-                    locations(store.lookup("web", None, time.time())) == ["after"]
-                    and locations(mirror.lookup("web", None, time.time()) or []) == ["after"]
+                    locations(store.lookup(NS, "web", None, time.time())) == ["after"]
+                    and locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["after"]
                 ),
                 timeout=10,
             ), "the copy did not come back by itself"
@@ -315,7 +369,7 @@ def test_a_paused_redis_is_store_unavailable_once_the_subscription_check_fails(
     timeout = 0.5
     store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
     try:
-        store.register(make(location="a", ttl=300))
+        store.put(make(location="a", ttl=300))
         mirror = copied(store, "web")
         own_redis_server.pause()
         try:
@@ -323,12 +377,12 @@ def test_a_paused_redis_is_store_unavailable_once_the_subscription_check_fails(
             assert poll(lambda: not mirror.current, timeout=bound), "never noticed the pause"
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
-                store.lookup("web", None, time.time())
+                store.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < timeout + 1
         finally:
             own_redis_server.resume()
         assert poll(lambda: mirror.current, timeout=10)
-        assert locations(store.lookup("web", None, time.time())) == ["a"]
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["a"]
     finally:
         store.close()
 
@@ -340,16 +394,16 @@ def test_a_flushall_leaves_no_stale_instance_in_the_copy(
     other = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     client = redis.Redis.from_url(redis_server.url)
     try:
-        store.register(make(location="old", ttl=300))
+        store.put(make(location="old", ttl=300))
         mirror = copied(store, "web")
         client.flushall()
-        other.register(make(location="new", ttl=300))  # a write after the flush, elsewhere
+        other.put(make(location="new", ttl=300))  # a write after the flush, elsewhere
         bound = redis_mirror.CHECK_INTERVAL + PROPAGATION
         assert poll(
-            lambda: locations(store.lookup("web", None, time.time())) == ["new"], timeout=bound
-        ), locations(store.lookup("web", None, time.time()))
-        assert poll(lambda: mirror.lookup("web", None, time.time()) is not None)
-        assert locations(mirror.lookup("web", None, time.time()) or []) == ["new"]
+            lambda: locations(store.lookup(NS, "web", None, time.time())) == ["new"], timeout=bound
+        ), locations(store.lookup(NS, "web", None, time.time()))
+        assert poll(lambda: mirror.lookup(NS, "web", None, time.time()) is not None)
+        assert locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["new"]
     finally:
         client.close()
         other.close()
@@ -389,17 +443,18 @@ def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_pre
     store = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
-        store.register(make(location="a", ttl=300))
+        store.put(make(location="a", ttl=300))
         parent_mirror = copied(store, "web")
         pid = os.fork()
         if pid == 0:  # the child: exit 0 only if it has a copy of its own that works
             code = 1
             try:
                 child_mirror = copied(store, "web")
-                writer.register(make(location="b", ttl=300))
+                writer.put(make(location="b", ttl=300))
                 ok = poll(
                     lambda: (
-                        locations(child_mirror.lookup("web", None, time.time()) or []) == ["a", "b"]
+                        locations(child_mirror.lookup(NS, "web", None, time.time()) or [])
+                        == ["a", "b"]
                     )
                 )
                 if child_mirror is not parent_mirror and child_mirror.pid == os.getpid() and ok:
@@ -420,7 +475,8 @@ def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_pre
         assert os.waitstatus_to_exitcode(status) == 0
         # The parent's copy saw the child's write too.
         assert poll(
-            lambda: locations(parent_mirror.lookup("web", None, time.time()) or []) == ["a", "b"]
+            lambda: locations(parent_mirror.lookup(NS, "web", None, time.time()) or [])
+            == ["a", "b"]
         )
     finally:
         writer.close()
@@ -434,11 +490,11 @@ def test_the_copy_holds_at_most_max_services(
     store = cached_store(redis_server, redis_prefix)
     try:
         for n in range(6):
-            store.register(make(service=f"s{n}", location="x"))
+            store.put(make(service=f"s{n}", location="x"))
             copied(store, f"s{n}")
         mirror = started_mirror(store)
-        assert list(mirror._by_name) == ["s3", "s4", "s5"]
-        assert locations(store.lookup("s0", None, time.time())) == ["x"], "read from Redis"
+        assert list(mirror._by_name) == [(NS, "s3"), (NS, "s4"), (NS, "s5")]
+        assert locations(store.lookup(NS, "s0", None, time.time())) == ["x"], "read from Redis"
     finally:
         store.close()
 
@@ -446,75 +502,91 @@ def test_the_copy_holds_at_most_max_services(
 # -- the order of this process's writes and the subscription (no thread, no server) -----
 
 
-def unstarted_mirror_with_web(*instances: Instance) -> Mirror:
-    """A mirror fed by hand: current, with ``web`` copied from ``instances``."""
-    from keyard.stores.redis import _parse_member
+def member(instance: Instance) -> bytes:
+    return json.dumps(instance.instance_id).encode("ascii")
 
-    mirror = Mirror(
+
+def new_mirror() -> Mirror:
+    return Mirror(
         redis.Redis(port=1),  # never connected: the test plays the subscription
         channel="c",
         epoch_key="e",
         timeout=1.0,
-        parse_member=_parse_member,
+        parse_record=parse_record,
     )
+
+
+def unstarted_mirror_with_web(*instances: Instance) -> Mirror:
+    """A mirror fed by hand: current, with ``web`` copied from ``instances``."""
+    mirror = new_mirror()
     mirror._current = True
-    token = mirror.begin_load("web", b"web")
+    token = mirror.begin_load(NS, "web", b"default/web")
     assert token is not None
-    mirror._receive(token + b"\nmark\nweb")
-    mirror.finish_load(token, list(instances))
-    assert mirror.lookup("web", None, time.time()) == list(instances)
+    mirror._receive(token + b"\nmark\ndefault/web")
+    mirror.finish_load(token, {member(i): i for i in instances})
+    assert mirror.lookup(NS, "web", None, time.time()) == list(instances)
     return mirror
 
 
 def put(write_id: bytes, instance: Instance) -> bytes:
-    member = f'["{instance.version}","{instance.location}"]'.encode()
     return b"\n".join(
-        [write_id, b"put", b"web", member, repr(instance.expires_at).encode(), b"%d" % instance.ttl]
+        [write_id, b"put", b"default/web", member(instance), record_text(instance).encode()]
     )
 
 
 def delete(write_id: bytes, location: str) -> bytes:
-    return b"\n".join([write_id, b"del", b"web", f'["1.0","{location}"]'.encode()])
+    return b"\n".join([write_id, b"del", b"default/web", member(make(location=location))])
 
 
 def test_an_own_write_received_before_its_reply_is_not_applied_again_over_later_changes() -> None:
     mirror = unstarted_mirror_with_web()
     mine = make(location="k", ttl=100)
-    write_id, generation = mirror.begin_write(b"web", b'["1.0","k"]')
+    write_id, generation = mirror.begin_write(b"default/web", member(mine))
     mirror._receive(put(write_id.encode(), mine))  # published, received before the reply
     mirror._receive(delete(b"", "k"))  # then another process removes it
     mirror.finish_write(write_id, generation, mine)  # the reply, late
-    assert mirror.lookup("web", None, time.time()) == []
+    assert mirror.lookup(NS, "web", None, time.time()) == []
 
 
 def test_changes_older_than_an_own_write_applied_ahead_are_skipped() -> None:
     mirror = unstarted_mirror_with_web()
     older = make(location="k", ttl=7)
     mine = make(location="k", ttl=100)
-    write_id, generation = mirror.begin_write(b"web", b'["1.0","k"]')
+    write_id, generation = mirror.begin_write(b"default/web", member(mine))
     mirror.finish_write(write_id, generation, mine)  # the reply first: applied at once
-    assert mirror.lookup("web", None, time.time()) == [mine]
+    assert mirror.lookup(NS, "web", None, time.time()) == [mine]
     mirror._receive(put(b"other-1", older))  # another process's write, before mine in Redis
-    assert mirror.lookup("web", None, time.time()) == [mine]
+    assert mirror.lookup(NS, "web", None, time.time()) == [mine]
     mirror._receive(put(write_id.encode(), mine))
     mirror._receive(delete(b"other-2", "k"))  # after mine: applied
-    assert mirror.lookup("web", None, time.time()) == []
+    assert mirror.lookup(NS, "web", None, time.time()) == []
     assert mirror._own == {} and mirror._ahead == {}
 
 
-def test_changes_between_a_read_and_its_mark_are_not_applied_twice() -> None:
-    from keyard.stores.redis import _parse_member
+def test_an_own_deregistration_is_applied_at_once() -> None:
+    kept = make(location="k", ttl=100)
+    mirror = unstarted_mirror_with_web(kept)
+    write_id, generation = mirror.begin_write(b"default/web", member(kept))
+    mirror.finish_write(write_id, generation, REMOVED)
+    assert mirror.lookup(NS, "web", None, time.time()) == []
 
-    mirror = Mirror(
-        redis.Redis(port=1), channel="c", epoch_key="e", timeout=1.0, parse_member=_parse_member
-    )
+
+def test_changes_between_a_read_and_its_mark_are_not_applied_twice() -> None:
+    mirror = new_mirror()
     mirror._current = True
-    token = mirror.begin_load("web", b"web")
+    token = mirror.begin_load(NS, "web", b"default/web")
     assert token is not None
     a, b = make(location="a"), make(location="b")
     mirror._receive(delete(b"x", "a"))  # before the read: already in what it read
-    mirror._receive(token + b"\nmark\nweb")
+    mirror._receive(token + b"\nmark\ndefault/web")
     mirror._receive(put(b"y", b))  # after the read: applied on top of it
-    assert mirror.lookup("web", None, time.time()) is None, "not copied before the read arrives"
-    mirror.finish_load(token, [a])
-    assert mirror.lookup("web", None, time.time()) == [a, b]
+    assert mirror.lookup(NS, "web", None, time.time()) is None, "not copied before the read"
+    mirror.finish_load(token, {member(a): a})
+    assert mirror.lookup(NS, "web", None, time.time()) == [a, b]
+
+
+def test_a_put_message_that_is_not_a_record_is_ignored() -> None:
+    a = make(location="a")
+    mirror = unstarted_mirror_with_web(a)
+    mirror._receive(b"\n".join([b"x", b"put", b"default/web", member(a), b"not json\n{"]))
+    assert mirror.lookup(NS, "web", None, time.time()) == [a]

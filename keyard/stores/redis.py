@@ -1,19 +1,35 @@
 """The Redis store (``store_type: "redis"``): a registry shared by keyards on many hosts.
 
-Per service, two keys under the configured prefix:
+Keys, under the configured prefix; ``<ns>`` and ``<service>`` are percent-encoded
+(``quote(safe="")``: only ``A-Z a-z 0-9 _ . - ~ %`` remain, so ``/`` cannot occur in
+either and separates them; ``:``, ``{``, ``}`` and any unicode are safe):
 
-- ``<prefix>:{<service>}:expiry``, a sorted set: member = the JSON text of
-  ``[version, location]``, score = ``expires_at``;
-- ``<prefix>:{<service>}:ttl``, a hash: same member -> ``ttl``.
+- ``<prefix>:{<ns>/<service>}:leases``, a sorted set: member = the instance's
+  member name (the JSON text of its ``instance_id``, ASCII), score = ``expires_at``;
+- ``<prefix>:{<ns>/<service>}:records``, a hash: member name -> the record
+  (:func:`record_text`: a JSON object, one field a line, times as exact doubles);
+- ``<prefix>:{<ns>}:services``, a sorted set per namespace: member = ``<service>``
+  (encoded), score = the latest ``expires_at`` of its instances, so that
+  :meth:`RedisStore.services` reads the live services without a SCAN.
 
-``<service>`` is percent-encoded (so ``:``, ``{``, ``}`` and any unicode are safe)
-and wrapped in a Redis Cluster hash tag, so both keys of a service share a slot.
+The ``{...}`` is a Redis Cluster hash tag: both keys of a service share a slot.
+(The namespace index is in another slot; the write scripts name it in ``KEYS``,
+so they run on one Redis server, not across a Cluster's nodes.)
+
 Lookups read only the live range of the service's sorted set (O(instances of the
-service)); writes are Lua scripts, atomic, that also purge the service's expired
-members and set both keys to expire a minute after the service's last instance,
-so an abandoned service disappears by itself. Each write script also publishes the
-change it made on ``<prefix>:changes:db<n>``, for the stores whose ``cache`` option
-answers lookups from a per-process copy (:mod:`keyard.stores.redis_mirror`).
+service)); writes are Lua scripts, atomic and one round trip each, that also purge
+the service's expired members and set its keys to expire a minute after its last
+instance, so an abandoned service disappears by itself. A heartbeat's merge with
+the live record (:func:`keyard.stores.base.merged`) happens inside its script, line
+by line, without decoding a number (Lua's cjson would round doubles to 14 digits).
+
+Each write script also publishes the change it made on ``<prefix>:changes:db<n>``,
+for the stores whose ``cache`` option answers lookups from a per-process copy
+(:mod:`keyard.stores.redis_mirror`).
+
+When the store opens, the keys keyard 0.2.0 wrote under the same prefix
+(``<prefix>:{<service>}:expiry`` and ``:ttl``) are converted by
+:meth:`RedisStore.upgrade`, each service by one script.
 """
 
 from __future__ import annotations
@@ -24,9 +40,11 @@ import json
 import os
 import re
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from json.encoder import encode_basestring_ascii as _text
 from typing import Any
 
 import redis
@@ -36,9 +54,18 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from keyard.errors import ConfigError, StoreUnavailable
+from keyard.model import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_WEIGHT,
+    UP,
+    Instance,
+    InstanceKey,
+    ServiceSummary,
+    derived_instance_id,
+)
 from keyard.stores import options as opt
-from keyard.stores.base import Instance, Store
-from keyard.stores.redis_mirror import Mirror
+from keyard.stores.base import Store
+from keyard.stores.redis_mirror import REMOVED, Mirror, Removal
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 6379
@@ -48,12 +75,17 @@ DEFAULT_TIMEOUT = 2.0
 KEY_GRACE_MS = 60_000
 #: How many expired members one write purges at most.
 PURGE_BATCH = 500
+#: How many times the conversion of one 0.2.0 service is tried while 0.2.0 writes to it.
+UPGRADE_ATTEMPTS = 5
 
 _OPTIONS = ("url", "host", "port", "db", "password", "prefix", "timeout", "cache")
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
-# Both write scripts: KEYS[1] = the service's sorted set, KEYS[2] = its ttl hash.
-_PURGE_LUA = """
+# Every write script: KEYS[1] = the service's sorted set, KEYS[2] = its records,
+# KEYS[3] = the namespace's index of services; ARGV[1], ARGV[2], ARGV[3] = the channel,
+# the writer's id of the write (or ''), the service's tag (as in its keys); ARGV[4] =
+# the service's member of the index.
+_COMMON_LUA = """
 local function purge(now, batch)
     local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, batch)
     if #expired > 0 then
@@ -61,137 +93,340 @@ local function purge(now, batch)
         redis.call('HDEL', KEYS[2], unpack(expired))
     end
 end
-"""
 
-# Store a member, keep both keys alive until a grace period after the last expiry, and
-# publish the change (see keyard/stores/redis_mirror.py). ARGV[7], ARGV[8], ARGV[9]:
-# the channel, the writer's id of the write (or ''), the service's tag.
-_PUT_LUA = (
-    _PURGE_LUA
-    + """
-local function put(member, expires_at, ttl, now, batch, grace)
-    purge(now, batch)
-    redis.call('ZADD', KEYS[1], expires_at, member)
-    redis.call('HSET', KEYS[2], member, ttl)
-    redis.call('PUBLISH', ARGV[7],
-        ARGV[8] .. '\\nput\\n' .. ARGV[9] .. '\\n' .. member .. '\\n' .. expires_at .. '\\n' .. ttl)
+-- The service's keys and its index entry live until a grace period after its last expiry.
+local function keep_alive(now, grace)
     local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-    local ms = math.ceil((tonumber(last[2]) - tonumber(now)) * 1000) + tonumber(grace)
+    if #last == 0 then
+        redis.call('ZREM', KEYS[3], ARGV[4])
+        return
+    end
+    local ms = math.ceil((tonumber(last[2]) - now) * 1000) + grace
     if ms < 1 then ms = 1 end
+    ms = string.format('%.0f', ms)
     redis.call('PEXPIRE', KEYS[1], ms)
     redis.call('PEXPIRE', KEYS[2], ms)
+    redis.call('ZADD', KEYS[3], last[2], ARGV[4])
+    local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+    ms = math.ceil((tonumber(top[2]) - now) * 1000) + grace
+    if ms < 1 then ms = 1 end
+    redis.call('PEXPIRE', KEYS[3], string.format('%.0f', ms))
+end
+
+-- A record's lines by field name, and the names in their order.
+local function fields(record)
+    local byname, order = {}, {}
+    for line in string.gmatch(record, '\\n([^\\n]*)[,}]') do
+        local name = string.match(line, '^"([%w_]+)":')
+        if name then
+            byname[name] = line
+            order[#order + 1] = name
+        end
+    end
+    return byname, order
+end
+
+local function joined(byname, order)
+    local out = {}
+    for i, name in ipairs(order) do out[i] = byname[name] end
+    return '{\\n' .. table.concat(out, ',\\n') .. '}'
+end
+
+local function published_put(member, record)
+    redis.call('PUBLISH', ARGV[1],
+        ARGV[2] .. '\\nput\\n' .. ARGV[3] .. '\\n' .. member .. '\\n' .. record)
 end
 """
-)
 
-# ARGV: member, expires_at, ttl, now, purge batch, grace (ms), channel, id, tag.
-# Returns 1 if new.
-_REGISTER_LUA = (
-    _PUT_LUA
+# ARGV[5..]: member, record, expires_at, now, keep (names, space-separated), purge batch,
+# grace (ms). Stores the record merged with the live one; returns {1} if new, else
+# {0, the record stored}.
+_PUT_LUA = (
+    _COMMON_LUA
     + """
-local now = tonumber(ARGV[4])
-local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local created = (not old) or tonumber(old) <= now
-put(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-if created then return 1 end
-return 0
-"""
-)
-
-# The health check in one script (one round trip, atomic). ARGV as for register;
-# a live member keeps its own ttl and expires that ttl after now. Returns
-# {1 if new, the ttl stored}.
-_REFRESH_LUA = (
-    _PUT_LUA
-    + """
-local now = tonumber(ARGV[4])
-local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local ttl = false
-if old and tonumber(old) > now then ttl = redis.call('HGET', KEYS[2], ARGV[1]) end
-if ttl then
-    -- %.17g: the exact double, the same sum as the caller's now + ttl
-    local expires_at = string.format('%.17g', now + tonumber(ttl))
-    put(ARGV[1], expires_at, ttl, ARGV[4], ARGV[5], ARGV[6])
-    return {0, ttl}
+local member, record, expires_at = ARGV[5], ARGV[6], ARGV[7]
+local now = tonumber(ARGV[8])
+purge(ARGV[8], tonumber(ARGV[10]))
+local created = 1
+local old = redis.call('ZSCORE', KEYS[1], member)
+local live = old and tonumber(old) > now and redis.call('HGET', KEYS[2], member)
+if live then
+    created = 0
+    local mine = fields(live)
+    local given, order = fields(record)
+    local kept = {registered_at = true, status_override = true}
+    for name in string.gmatch(ARGV[9], '%S+') do kept[name] = true end
+    for name in pairs(kept) do
+        if mine[name] and given[name] then given[name] = mine[name] end
+    end
+    if kept.ttl and mine.ttl then
+        -- %.17g: the exact double, the same sum as merged()'s last_heartbeat_at + ttl
+        local ttl = tonumber(string.match(mine.ttl, ':(.*)$'))
+        expires_at = string.format('%.17g', now + ttl)
+        given.expires_at = '"expires_at":' .. expires_at
+    end
+    record = joined(given, order)
 end
-put(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-return {1, ARGV[3]}
+redis.call('ZADD', KEYS[1], expires_at, member)
+redis.call('HSET', KEYS[2], member, record)
+published_put(member, record)
+keep_alive(now, tonumber(ARGV[11]))
+if created == 1 then return {1} end
+return {0, record}
 """
 )
 
-# ARGV: member. Returns {expires_at, ttl} (strings), or nil for an unknown member.
-_GET_LUA = """
-local expires_at = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not expires_at then return false end
-return {expires_at, redis.call('HGET', KEYS[2], ARGV[1])}
-"""
-
-# ARGV: member, now, purge batch, channel, id, tag. Returns 1 if a live instance was
-# removed. Publishes the removal even when there was nothing to remove (the writer
-# waits for its id).
+# ARGV[5..]: member, now, purge batch, grace. Returns the removed record if it was live.
+# Publishes the removal even when there was nothing to remove (the writer waits for its id).
 _DEREGISTER_LUA = (
-    _PURGE_LUA
+    _COMMON_LUA
     + """
-local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local member, now = ARGV[5], tonumber(ARGV[6])
+local old = redis.call('ZSCORE', KEYS[1], member)
+local record = redis.call('HGET', KEYS[2], member)
 if old then
-    redis.call('ZREM', KEYS[1], ARGV[1])
-    redis.call('HDEL', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('HDEL', KEYS[2], member)
 end
-purge(ARGV[2], tonumber(ARGV[3]))
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\\ndel\\n' .. ARGV[6] .. '\\n' .. ARGV[1])
-if old and tonumber(old) > tonumber(ARGV[2]) then return 1 end
-return 0
+purge(ARGV[6], tonumber(ARGV[7]))
+keep_alive(now, tonumber(ARGV[8]))
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\ndel\\n' .. ARGV[3] .. '\\n' .. member)
+if old and tonumber(old) > now and record then return record end
+return false
 """
 )
 
-# ARGV: now. Returns member, expires_at, ttl for each live member, flat, in one
-# command (one round trip); scores stay strings, as Lua would round numbers.
+# ARGV[5..]: member, now, the override as JSON (null or a string). The lease is not
+# touched. Returns the record stored, or nil when no live record has the member (then
+# nothing is published).
+_SET_OVERRIDE_LUA = (
+    _COMMON_LUA
+    + """
+local member = ARGV[5]
+local old = redis.call('ZSCORE', KEYS[1], member)
+if not old or tonumber(old) <= tonumber(ARGV[6]) then return false end
+local live = redis.call('HGET', KEYS[2], member)
+if not live then return false end
+local byname, order = fields(live)
+byname.status_override = '"status_override":' .. ARGV[7]
+local record = joined(byname, order)
+redis.call('HSET', KEYS[2], member, record)
+published_put(member, record)
+return record
+"""
+)
+
+# KEYS: the service's sorted set and records. ARGV: now. The live records, in one
+# command (one round trip).
 _LOOKUP_LUA = """
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
 local found = {}
-for i = 1, #live, 2 do
-    found[#found + 1] = live[i]
-    found[#found + 1] = live[i + 1]
-    found[#found + 1] = redis.call('HGET', KEYS[2], live[i])
+for i = 1, #live, 1000 do
+    local got = redis.call('HMGET', KEYS[2], unpack(live, i, math.min(i + 999, #live)))
+    for _, record in ipairs(got) do
+        if record then found[#found + 1] = record end
+    end
 end
 return found
 """
-
 
 # Reads a whole service for the cache, expired members included (the copy filters them
 # at each lookup's time), and publishes the mark that orders the read among the
 # changes. ARGV: channel, token, tag. Returns what _LOOKUP_LUA returns.
 _LOAD_LUA = """
-local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local all = redis.call('ZRANGE', KEYS[1], 0, -1)
 local found = {}
-for i = 1, #all, 2 do
-    found[#found + 1] = all[i]
-    found[#found + 1] = all[i + 1]
-    found[#found + 1] = redis.call('HGET', KEYS[2], all[i])
+for i = 1, #all, 1000 do
+    local got = redis.call('HMGET', KEYS[2], unpack(all, i, math.min(i + 999, #all)))
+    for _, record in ipairs(got) do
+        if record then found[#found + 1] = record end
+    end
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\nmark\\n' .. ARGV[3])
 return found
 """
 
+# KEYS: a namespace's index. ARGV: now. Forgets the services whose last instance has
+# expired; returns the others (encoded names).
+_SERVICES_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
 
-def _member(version: str, location: str) -> str:
-    # ASCII-only JSON: any string, lone surrogates included, round-trips exactly.
-    return json.dumps([version, location], ensure_ascii=True, separators=(",", ":"))
-
-
-# What keyard writes for strings of printable ASCII other than '"' and '\\': read
-# without a JSON parser (a tenth of the time). Anything else goes to json.loads.
-_PLAIN_MEMBER = re.compile(
-    rb'\["([\x20\x21\x23-\x5b\x5d-\x7e]*)","([\x20\x21\x23-\x5b\x5d-\x7e]*)"\]'
+# Converts one service of keyard 0.2.0. KEYS[4], KEYS[5]: its old sorted set and ttl
+# hash; ARGV[5..]: now, grace, how many members the caller read, then per member read:
+# old member, score, ttl, new member, new record ('' to drop it). Returns -1 when the
+# old keys changed since the caller read them (read again), else how many it converted
+# (0 when another process did it first). Keeps a live record of the new layout.
+_UPGRADE_LUA = (
+    _COMMON_LUA
+    + """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+    redis.call('DEL', KEYS[5])
+    return 0
+end
+if redis.call('ZCARD', KEYS[4]) ~= tonumber(ARGV[7]) then return -1 end
+local now = tonumber(ARGV[5])
+for i = 8, #ARGV, 5 do
+    local score = redis.call('ZSCORE', KEYS[4], ARGV[i])
+    if not score or tonumber(score) ~= tonumber(ARGV[i + 1])
+        or redis.call('HGET', KEYS[5], ARGV[i]) ~= ARGV[i + 2] then
+        return -1
+    end
+end
+local converted = 0
+for i = 8, #ARGV, 5 do
+    local member, record = ARGV[i + 3], ARGV[i + 4]
+    if record ~= '' and tonumber(ARGV[i + 1]) > now then
+        local current = redis.call('ZSCORE', KEYS[1], member)
+        if not current or tonumber(current) <= now then
+            redis.call('ZADD', KEYS[1], ARGV[i + 1], member)
+            redis.call('HSET', KEYS[2], member, record)
+            published_put(member, record)
+            converted = converted + 1
+        end
+    end
+end
+redis.call('DEL', KEYS[4], KEYS[5])
+keep_alive(now, tonumber(ARGV[6]))
+return converted
+"""
 )
 
 
-def _parse_member(member: bytes | str) -> tuple[str, str] | None:
-    """The ``(version, location)`` a member names, or None when keyard did not write it."""
-    if isinstance(member, bytes):
-        plain = _PLAIN_MEMBER.fullmatch(member)
-        if plain is not None:
-            return plain[1].decode("ascii"), plain[2].decode("ascii")
+# -- records -------------------------------------------------------------------------
+
+
+def record_text(instance: Instance) -> str:
+    """The record as stored: a JSON object, one field a line, ASCII only.
+
+    Strings are JSON-escaped with ``ensure_ascii`` (so no field holds a raw newline,
+    and lone surrogates round-trip), times are ``repr`` of the double (exact).
+    ``namespace`` and ``service_name`` are in the key, not in the record.
+    """
+    tags = ",".join(map(_text, instance.tags))
+    metadata = ",".join([_text(k) + ":" + _text(v) for k, v in instance.metadata.items()])
+    override = instance.status_override
+    return (
+        f'{{\n"instance_id":{_text(instance.instance_id)}'
+        f',\n"version":{_text(instance.version)}'
+        f',\n"location":{_text(instance.location)}'
+        f',\n"status":{_text(instance.status)}'
+        f',\n"status_override":{"null" if override is None else _text(override)}'
+        f',\n"tags":[{tags}]'
+        f',\n"metadata":{{{metadata}}}'
+        f',\n"weight":{int(instance.weight)}'
+        f',\n"ttl":{int(instance.ttl)}'
+        f',\n"registered_at":{float(instance.registered_at)!r}'
+        f',\n"last_heartbeat_at":{float(instance.last_heartbeat_at)!r}'
+        f',\n"expires_at":{float(instance.expires_at)!r}}}'
+    )
+
+
+def instance_from(namespace: str, service_name: str, fields: dict[str, Any]) -> Instance:
+    """The :class:`Instance` of a decoded record (see :func:`record_text`)."""
+    return Instance(
+        namespace=namespace,
+        service_name=service_name,
+        instance_id=fields["instance_id"],
+        version=fields["version"],
+        location=fields["location"],
+        status=fields["status"],
+        status_override=fields["status_override"],
+        tags=tuple(fields["tags"]),
+        metadata=fields["metadata"],
+        weight=fields["weight"],
+        ttl=fields["ttl"],
+        registered_at=float(fields["registered_at"]),
+        last_heartbeat_at=float(fields["last_heartbeat_at"]),
+        expires_at=float(fields["expires_at"]),
+    )
+
+
+#: What a value that keyard did not write raises when read as a record.
+_NOT_A_RECORD = (ValueError, KeyError, TypeError, IndexError, RecursionError)
+
+
+def parse_record(namespace: str, service_name: str, record: bytes) -> Instance:
+    """The instance of a stored record; raises ValueError (or KeyError, TypeError...)
+    for a value keyard did not write."""
+    return instance_from(namespace, service_name, json.loads(record))
+
+
+def _parsed(namespace: str, service_name: str, record: bytes) -> Instance | None:
+    try:
+        return parse_record(namespace, service_name, record)
+    except _NOT_A_RECORD:
+        return None  # another program's data under keyard's keys
+
+
+def _instances(namespace: str, service_name: str, records: list[bytes]) -> list[Instance]:
+    """The instances of a lookup script's answer, unordered (one JSON parse for all;
+    values keyard did not write are skipped)."""
+    if not records:
+        return []
+    try:
+        decoded = json.loads(b"[" + b",".join(records) + b"]")
+        return [instance_from(namespace, service_name, fields) for fields in decoded]
+    except _NOT_A_RECORD:
+        found = (_parsed(namespace, service_name, record) for record in records)
+        return [instance for instance in found if instance is not None]
+
+
+def _order(instance: Instance) -> tuple[str, str, str]:
+    return instance.version, instance.location, instance.instance_id
+
+
+@functools.lru_cache(maxsize=65536)
+def _member(instance_id: str) -> str:
+    """The sorted set's member and the hash's field of an instance: its id as ASCII JSON."""
+    return _text(instance_id)
+
+
+def _score(value: float) -> str:
+    return repr(float(value))  # the shortest text that reads back as the same double
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def _quoted(name: str) -> str:
+    return urllib.parse.quote(name, safe="", errors="surrogatepass")
+
+
+def _unquoted(name: str) -> str:
+    return urllib.parse.unquote(name, errors="surrogatepass")
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag(namespace: str, service_name: str) -> str:
+    """The service's hash tag content: ``<ns>/<service>``, both percent-encoded (cached)."""
+    return f"{_quoted(namespace)}/{_quoted(service_name)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _service_keys(prefix: str, namespace: str, service_name: str) -> list[str]:
+    """The sorted set's, the records' and the namespace index's key (cached; never mutated)."""
+    base = f"{prefix}:{{{_tag(namespace, service_name)}}}"
+    return [f"{base}:leases", f"{base}:records", _index_key(prefix, namespace)]
+
+
+def _index_key(prefix: str, namespace: str) -> str:
+    return f"{prefix}:{{{_quoted(namespace)}}}:services"
+
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _old_keys_pattern(prefix: str) -> tuple[str, re.Pattern[str]]:
+    """The SCAN pattern of 0.2.0's sorted sets under ``prefix``, and the exact form."""
+    glob = _GLOB_SPECIAL.sub(r"\\\1", prefix) + ":{*}:expiry"
+    exact = re.compile(re.escape(prefix) + r":\{([A-Za-z0-9_.~%-]+)\}:expiry")
+    return glob, exact
+
+
+def _old_member(member: bytes) -> tuple[str, str] | None:
+    """The ``(version, location)`` a 0.2.0 member names, or None when keyard did not write it."""
     try:
         key = json.loads(member)
     except (ValueError, RecursionError):
@@ -201,18 +436,7 @@ def _parse_member(member: bytes | str) -> tuple[str, str] | None:
     return None
 
 
-def _score(value: float) -> str:
-    return repr(float(value))  # the shortest text that reads back as the same double
-
-
-def _refreshed(instance: Instance, reply: list[Any]) -> tuple[Instance, bool]:
-    """The instance as the refresh script stored it, and whether it is new."""
-    created, ttl = reply
-    if created:
-        return instance, True
-    ttl = int(ttl)
-    now = instance.expires_at - instance.ttl
-    return instance._replace(ttl=ttl, expires_at=now + ttl), False
+# -- options ---------------------------------------------------------------------------
 
 
 def _forget_mirror_after_fork(store: RedisStore) -> None:
@@ -274,29 +498,19 @@ def _check_url(url: str, shown: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=4096)
-def _tag(service_name: str) -> str:
-    """The service's name percent-encoded (cached: quote() is slow)."""
-    return urllib.parse.quote(service_name, safe="", errors="surrogatepass")
-
-
-@functools.lru_cache(maxsize=4096)
-def _service_keys(prefix: str, service_name: str) -> list[str]:
-    """The sorted set's and the hash's key (cached; callers never mutate the list)."""
-    base = f"{prefix}:{{{_tag(service_name)}}}"
-    return [f"{base}:expiry", f"{base}:ttl"]
-
-
-def _live(instances: list[Instance], version: str | None, now: float) -> list[Instance]:
-    return [
-        i for i in instances if i.expires_at > now and (version is None or i.version == version)
-    ]
+def _is_authentication_failure(exc: redis.exceptions.RedisError) -> bool:
+    """Whether Redis refused ``exc``'s command for want of (the right) password."""
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return True
+    text = str(exc)
+    return text.startswith(("NOAUTH", "WRONGPASS")) or "HELLO must be called" in text
 
 
 class RedisStore(Store):
-    """Instances in Redis: a sorted set by expiry and a hash of TTLs per service."""
+    """Instances in Redis: per service a sorted set by expiry and a hash of records."""
 
     name = "redis"
+    shared_across_processes = True
 
     def __init__(
         self,
@@ -309,13 +523,17 @@ class RedisStore(Store):
         """Use ``client`` (which should have socket timeouts and no retries, as
         :meth:`from_options` builds it) with keys under ``prefix``. ``where`` names
         the server in error messages (no password). With ``cache``, lookups are
-        answered from a per-process copy (:mod:`keyard.stores.redis_mirror`)."""
+        answered from a per-process copy (:mod:`keyard.stores.redis_mirror`).
+
+        Converts what keyard 0.2.0 wrote under ``prefix`` (:meth:`upgrade`); when
+        Redis cannot be reached now, the first call that reaches it does."""
         self.client = client
         self.prefix = prefix
         self.where = where
         self.cache = cache
         kwargs = client.connection_pool.connection_kwargs
         self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
+        self._has_password = bool(kwargs.get("password"))
         #: Where every write publishes its change: channels are shared by all databases.
         self.channel = f"{prefix}:changes:db{kwargs.get('db', 0)}"
         self._mirror: Mirror | None = None
@@ -324,11 +542,16 @@ class RedisStore(Store):
         if cache:
             _forget_mirror_after_fork(self)
         self._load = client.register_script(_LOAD_LUA)
-        self._register = client.register_script(_REGISTER_LUA)
-        self._refresh = client.register_script(_REFRESH_LUA)
-        self._get = client.register_script(_GET_LUA)
+        self._put = client.register_script(_PUT_LUA)
         self._deregister = client.register_script(_DEREGISTER_LUA)
+        self._set_override = client.register_script(_SET_OVERRIDE_LUA)
         self._lookup = client.register_script(_LOOKUP_LUA)
+        self._services = client.register_script(_SERVICES_LUA)
+        self._upgrade = client.register_script(_UPGRADE_LUA)
+        self._upgraded = False
+        self._upgrade_lock = threading.Lock()
+        with contextlib.suppress(StoreUnavailable):
+            self.upgrade()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RedisStore:
@@ -374,93 +597,118 @@ class RedisStore(Store):
         client = redis.Redis(host=host, port=port, db=db, password=password, **common)
         return cls(client, prefix=prefix, where=f"redis at {host}:{port} db {db}", cache=cache)
 
-    # -- keys ------------------------------------------------------------------
-
-    def _keys(self, service_name: str) -> list[str]:
-        return _service_keys(self.prefix, service_name)
-
     # -- the Store interface ---------------------------------------------------
 
-    def register(self, instance: Instance) -> bool:
-        now = instance.expires_at - instance.ttl
-        created = self._write(
-            self._register,
-            instance.service_name,
-            _member(instance.version, instance.location),
-            [_score(instance.expires_at), instance.ttl, _score(now), PURGE_BATCH, KEY_GRACE_MS],
-            lambda reply: instance,
-        )
-        return bool(created)
-
-    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
-        """Atomic: one script, one round trip."""
-        now = instance.expires_at - instance.ttl
+    def put(self, instance: Instance, keep: frozenset[str] = frozenset()) -> tuple[Instance, bool]:
+        """Atomic, merge included: one script, one round trip."""
+        if not self._upgraded:
+            self.upgrade()
+        namespace, service_name = instance.namespace, instance.service_name
+        args = [
+            _member(instance.instance_id),
+            record_text(instance),
+            _score(instance.expires_at),
+            _score(instance.last_heartbeat_at),
+            " ".join(keep),
+            PURGE_BATCH,
+            KEY_GRACE_MS,
+        ]
         reply = self._write(
-            self._refresh,
-            instance.service_name,
-            _member(instance.version, instance.location),
-            [_score(instance.expires_at), instance.ttl, _score(now), PURGE_BATCH, KEY_GRACE_MS],
-            lambda reply: _refreshed(instance, reply)[0],
+            self._put, namespace, service_name, args, lambda r: _stored(instance, r)
         )
-        return _refreshed(instance, reply)
+        return _stored(instance, reply), len(reply) == 1
 
-    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
+    def get(self, key: InstanceKey, now: float) -> Instance | None:
+        if not self._upgraded:
+            self.upgrade()
+        records = self._keys(key.namespace, key.service_name)[1]
         with self._translated_failures():
-            found = self._get(keys=self._keys(service_name), args=[_member(version, location)])
-        if found is None or found[1] is None or float(found[0]) <= now:
+            record: Any = self.client.hget(records, _member(key.instance_id))
+        if record is None:
             return None
-        return Instance(service_name, version, location, int(found[1]), float(found[0]))
+        found = _parsed(key.namespace, key.service_name, record)
+        return found if found is not None and found.expires_at > now else None
 
-    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
-        removed = self._write(
-            self._deregister,
-            service_name,
-            _member(version, location),
-            [_score(now), PURGE_BATCH],
-            lambda reply: (version, location),
+    def deregister(self, key: InstanceKey, now: float) -> Instance | None:
+        if not self._upgraded:
+            self.upgrade()
+        args = [_member(key.instance_id), _score(now), PURGE_BATCH, KEY_GRACE_MS]
+        reply = self._write(
+            self._deregister, key.namespace, key.service_name, args, lambda r: REMOVED
         )
-        return bool(removed)
+        return None if reply is None else parse_record(key.namespace, key.service_name, reply)
 
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+    def set_override(self, key: InstanceKey, status: str | None, now: float) -> Instance | None:
+        """Atomic: one script, which publishes the new record for the caches."""
+        if not self._upgraded:
+            self.upgrade()
+        namespace, service_name = key.namespace, key.service_name
+        args = [_member(key.instance_id), _score(now), "null" if status is None else _text(status)]
+
+        def change(reply: Any) -> Instance | None:
+            return None if reply is None else parse_record(namespace, service_name, reply)
+
+        return change(self._write(self._set_override, namespace, service_name, args, change))
+
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance]:
         """With ``cache``, from this process's copy while it is current (see redis_mirror)."""
+        if not self._upgraded:
+            self.upgrade()
         mirror = self._mirror_here() if self.cache else None
         if mirror is not None:
-            found = mirror.lookup(service_name, version, now)
+            found = mirror.lookup(namespace, service_name, version, now)
             if found is not None:
                 return found
-            tag = _tag(service_name)
-            token = mirror.begin_load(service_name, tag.encode("ascii"))
+            tag = _tag(namespace, service_name)
+            token = mirror.begin_load(namespace, service_name, tag.encode("ascii"))
             if token is not None:
                 instances = None
                 try:
                     with self._translated_failures():
-                        flat = self._load(
-                            keys=self._keys(service_name), args=[self.channel, token, tag]
+                        records = self._load(
+                            keys=self._keys(namespace, service_name)[:2],
+                            args=[self.channel, token, tag],
                         )
-                    instances = self._instances(service_name, None, flat)
+                    instances = _instances(namespace, service_name, records)
                 finally:
-                    mirror.finish_load(token, instances)
+                    mirror.finish_load(
+                        token,
+                        None
+                        if instances is None
+                        else {_member(i.instance_id).encode("ascii"): i for i in instances},
+                    )
                 return _live(instances, version, now)
         with self._translated_failures():
-            flat = self._lookup(keys=self._keys(service_name), args=[_score(now)])
-        return self._instances(service_name, version, flat)
-
-    @staticmethod
-    def _instances(service_name: str, version: str | None, flat: list[Any]) -> list[Instance]:
-        """The instances of a lookup script's answer (of ``version``, if given), in order."""
-        found = []
-        rows = iter(flat)
-        for member, expires_at, ttl in zip(rows, rows, rows):
-            if ttl is None:
-                continue  # cannot happen: both keys change together, in one script
-            key = _parse_member(member)
-            if key is None:
-                continue  # not a member keyard wrote: another program's data
-            if version is None or key[0] == version:
-                found.append(Instance(service_name, key[0], key[1], int(ttl), float(expires_at)))
-        # Tuples: the same service_name, then (version, location), which is unique.
-        found.sort()
+            records = self._lookup(keys=self._keys(namespace, service_name)[:2], args=[_score(now)])
+        found = _instances(namespace, service_name, records)
+        if version is not None:
+            found = [i for i in found if i.version == version]
+        found.sort(key=_order)
         return found
+
+    def services(self, namespace: str, now: float) -> list[ServiceSummary]:
+        """From the namespace's index: two round trips, whatever else the database holds."""
+        if not self._upgraded:
+            self.upgrade()
+        with self._translated_failures():
+            names = self._services(keys=[_index_key(self.prefix, namespace)], args=[_score(now)])
+            pipe = self.client.pipeline(transaction=False)
+            services = [_unquoted(name.decode("ascii")) for name in names]
+            for service_name in services:
+                self._lookup(
+                    keys=self._keys(namespace, service_name)[:2], args=[_score(now)], client=pipe
+                )
+            answers = pipe.execute() if services else []
+        summaries = []
+        for service_name, records in zip(services, answers):
+            live = _instances(namespace, service_name, records)
+            if live:
+                up = sum(1 for i in live if i.effective_status == UP)
+                summaries.append(ServiceSummary(service_name, len(live), up))
+        summaries.sort()
+        return summaries
 
     def close(self) -> None:
         """Stop the cache's thread, if any, and close the connections to Redis."""
@@ -472,7 +720,63 @@ class RedisStore(Store):
         self.client.close()
         self.client.connection_pool.disconnect()
 
+    # -- the upgrade from keyard 0.2.0 ---------------------------------------------
+
+    def upgrade(self) -> int:
+        """Convert every service keyard 0.2.0 wrote under the prefix; how many instances.
+
+        Idempotent and safe with several processes at once: each service is converted
+        by one script that checks the old keys are as read, keeps a live record of the
+        new layout, and deletes the old keys, so a second converter finds nothing.
+        Expired 0.2.0 instances are dropped. Raises StoreUnavailable (and is tried
+        again by the next call) when Redis cannot be reached.
+        """
+        with self._upgrade_lock:
+            if self._upgraded:
+                return 0
+            glob, exact = _old_keys_pattern(self.prefix)
+            converted = 0
+            with self._translated_failures():
+                for key in self.client.scan_iter(match=glob, count=1000):
+                    found = exact.fullmatch(key.decode("utf-8", "surrogateescape"))
+                    if found is not None:
+                        converted += self._upgrade_service(key, found[1])
+            self._upgraded = True
+            return converted
+
+    def _upgrade_service(self, old_key: bytes, old_tag: str) -> int:
+        service_name = _unquoted(old_tag)
+        namespace = DEFAULT_NAMESPACE
+        ttl_key = old_key[: -len(b"expiry")] + b"ttl"
+        keys: list[str | bytes] = [*self._keys(namespace, service_name), old_key, ttl_key]
+        tag = _tag(namespace, service_name)
+        for _ in range(UPGRADE_ATTEMPTS):
+            scores: Any = self.client.zrange(old_key, 0, -1, withscores=True)
+            ttls: Any = self.client.hgetall(ttl_key)
+            args: list[Any] = [
+                self.channel, "", tag, _quoted(service_name), _score(time.time()), KEY_GRACE_MS,
+                len(scores),
+            ]
+            for member, expires_at in scores:
+                ttl = ttls.get(member, b"")
+                key = _old_member(member)
+                record, new_member = "", ""
+                if key is not None and ttl.isdigit():
+                    instance = _upgraded_instance(service_name, *key, int(ttl), expires_at)
+                    record, new_member = record_text(instance), _member(instance.instance_id)
+                args += [member, _score(expires_at), ttl, new_member, record]
+            result = int(self._upgrade(keys=keys, args=args))
+            if result >= 0:
+                return result
+        raise StoreUnavailable(
+            f"{self.where}: keyard 0.2.0's keys {old_key!r} kept changing while being "
+            f"converted; stop the keyard 0.2.0 processes that write to prefix {self.prefix!r}"
+        )
+
     # -- the cache -------------------------------------------------------------------
+
+    def _keys(self, namespace: str, service_name: str) -> list[str]:
+        return _service_keys(self.prefix, namespace, service_name)
 
     def _mirror_here(self) -> Mirror | None:
         """This process's copy, started at its first lookup (never one inherited by fork)."""
@@ -489,7 +793,7 @@ class RedisStore(Store):
                     channel=self.channel,
                     epoch_key=f"{self.prefix}:epoch",
                     timeout=self.timeout,
-                    parse_member=_parse_member,
+                    parse_record=parse_record,
                 )
                 mirror.start()
                 self._mirror = mirror
@@ -498,23 +802,28 @@ class RedisStore(Store):
     def _write(
         self,
         script: Script,
+        namespace: str,
         service_name: str,
-        member: str,
         args: list[Any],
-        change: Callable[[Any], Instance | tuple[str, str]],
+        change: Callable[[Any], Instance | Removal | None],
     ) -> Any:
-        """Run a write script (it publishes its change); with a copy, apply it there at once."""
-        tag = _tag(service_name)
-        keys = self._keys(service_name)
+        """Run a write script (it publishes its change); with a copy, apply it there at once.
+
+        ``args`` start with the instance's member; ``change(reply)`` is what the copy
+        applies: the record stored, :data:`REMOVED`, or None for nothing.
+        """
+        tag = _tag(namespace, service_name)
+        keys = self._keys(namespace, service_name)
+        index_member = tag.partition("/")[2]
         mirror = self._mirror
         if mirror is None or mirror.pid != os.getpid():
             with self._translated_failures():
-                return script(keys=keys, args=[member, *args, self.channel, "", tag])
-        write_id, generation = mirror.begin_write(tag.encode("ascii"), member.encode("ascii"))
-        applied: Instance | tuple[str, str] | None = None
+                return script(keys=keys, args=[self.channel, "", tag, index_member, *args])
+        write_id, generation = mirror.begin_write(tag.encode("ascii"), args[0].encode("ascii"))
+        applied: Instance | Removal | None = None
         try:
             with self._translated_failures():
-                reply = script(keys=keys, args=[member, *args, self.channel, write_id, tag])
+                reply = script(keys=keys, args=[self.channel, write_id, tag, index_member, *args])
             applied = change(reply)
         finally:
             mirror.finish_write(write_id, generation, applied)
@@ -524,11 +833,62 @@ class RedisStore(Store):
     def _translated_failures(self) -> Iterator[None]:
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailable(f"{self.where} cannot be reached: {exc}") from exc
-        except redis.exceptions.ResponseError as exc:  # NOAUTH, OOM, READONLY, MISCONF...
-            raise StoreUnavailable(f"{self.where} refused the command: {exc}") from exc
-        except redis.exceptions.RedisError as exc:  # e.g. not a Redis server at all
-            raise StoreUnavailable(
+        except redis.exceptions.RedisError as exc:
+            if _is_authentication_failure(exc):
+                raise StoreUnavailable(self._authentication_message()) from exc
+            if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                raise StoreUnavailable(f"{self.where} cannot be reached: {exc}") from exc
+            if isinstance(exc, redis.exceptions.ResponseError):  # OOM, READONLY, MISCONF...
+                raise StoreUnavailable(f"{self.where} refused the command: {exc}") from exc
+            raise StoreUnavailable(  # e.g. not a Redis server at all
                 f"{self.where} did not answer as a Redis server does: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _authentication_message(self) -> str:
+        if self._has_password:
+            return (
+                f"{self.where} refused the password keyard gave: check the redis store's "
+                "password option or the password in its url"
+            )
+        return (
+            f"{self.where} needs a password: set the redis store's password option "
+            "(KEYARD_REDIS_PASSWORD) or put it in the url (redis://:PASSWORD@host:port/db)"
+        )
+
+
+def _stored(instance: Instance, reply: list[Any]) -> Instance:
+    """The record the put script stored: ``instance`` if new, else the merged record."""
+    if len(reply) == 1:
+        return instance
+    return parse_record(instance.namespace, instance.service_name, reply[1])
+
+
+def _live(instances: list[Instance], version: str | None, now: float) -> list[Instance]:
+    found = [
+        i for i in instances if i.expires_at > now and (version is None or i.version == version)
+    ]
+    found.sort(key=_order)
+    return found
+
+
+def _upgraded_instance(
+    service_name: str, version: str, location: str, ttl: int, expires_at: float
+) -> Instance:
+    """What a 0.2.0 instance is in the new record."""
+    since = expires_at - ttl
+    return Instance(
+        namespace=DEFAULT_NAMESPACE,
+        service_name=service_name,
+        instance_id=derived_instance_id(version, location),
+        version=version,
+        location=location,
+        status=UP,
+        status_override=None,
+        tags=(),
+        metadata={},
+        weight=DEFAULT_WEIGHT,
+        ttl=ttl,
+        registered_at=since,
+        last_heartbeat_at=since,
+        expires_at=expires_at,
+    )

@@ -4,12 +4,14 @@ Every write script of the redis store publishes the change it made on one
 channel, ``<prefix>:changes:db<n>``, in the same script as the write (so the
 message is atomic with it and in the order Redis applied the writes):
 
-- ``<id>\\nput\\n<tag>\\n<member>\\n<expires_at>\\n<ttl>`` after a register or a
-  health check (the state the member now has);
+- ``<id>\\nput\\n<tag>\\n<member>\\n<record>`` after a put or a status override
+  (the record as now stored, which holds newlines of its own: it is the rest of the
+  message);
 - ``<id>\\ndel\\n<tag>\\n<member>`` after a deregistration;
 - ``<token>\\nmark\\n<tag>`` from the script that reads a service for the copy.
 
-``<tag>`` is the service's percent-encoded name (as in its keys), ``<id>`` the
+``<tag>`` is the service's ``<namespace>/<service>`` (as in its keys), ``<member>``
+the instance's member name (ASCII, no newline), ``<id>`` the
 writer's id for its own writes (empty when it has no copy). A :class:`Mirror`
 subscribes to that channel in a daemon thread and keeps, per service, the
 instances it has read or been told about. A service is copied the first time
@@ -66,31 +68,44 @@ return redis.call('GET', KEYS[1])
 
 logger = logging.getLogger("keyard.stores.redis")
 
-ParseMember = Callable[[bytes], "tuple[str, str] | None"]
+#: (namespace, service_name, record as stored) -> the instance.
+ParseRecord = Callable[[str, str, bytes], Instance]
+
+
+class Removal:
+    """The type of :data:`REMOVED`."""
+
+
+#: What :meth:`Mirror.finish_write` is given for a deregistration.
+REMOVED = Removal()
+
+
+def _order(instance: Instance) -> tuple[str, str, str]:
+    return instance.version, instance.location, instance.instance_id
 
 
 class _Copy:
     """The instances of one service known to this process, with the order lookups want."""
 
-    __slots__ = ("service_name", "tag", "instances", "ordered", "next_expiry", "loaded_at")
+    __slots__ = ("name", "tag", "instances", "ordered", "next_expiry", "loaded_at")
 
-    def __init__(self, service_name: str, tag: bytes, loaded_at: float) -> None:
-        self.service_name = service_name
+    def __init__(self, name: tuple[str, str], tag: bytes, loaded_at: float) -> None:
+        self.name = name  # (namespace, service_name)
         self.tag = tag
-        self.instances: dict[tuple[str, str], Instance] = {}
+        self.instances: dict[bytes, Instance] = {}  # by member
         self.ordered: list[Instance] | None = []
         #: No instance expires before this time (a lower bound: refreshes do not raise it).
         self.next_expiry = math.inf
         self.loaded_at = loaded_at
 
-    def put(self, instance: Instance) -> None:
-        self.instances[(instance.version, instance.location)] = instance
+    def put(self, member: bytes, instance: Instance) -> None:
+        self.instances[member] = instance
         self.ordered = None
         if instance.expires_at < self.next_expiry:
             self.next_expiry = instance.expires_at
 
-    def remove(self, version: str, location: str) -> None:
-        if self.instances.pop((version, location), None) is not None:
+    def remove(self, member: bytes) -> None:
+        if self.instances.pop(member, None) is not None:
             self.ordered = None
 
     def live(self, version: str | None, now: float) -> list[Instance]:
@@ -98,8 +113,7 @@ class _Copy:
             self._purge(now)
         ordered = self.ordered
         if ordered is None:
-            # Tuples: the same service name, then (version, location), which is unique.
-            ordered = self.ordered = sorted(self.instances.values())
+            ordered = self.ordered = sorted(self.instances.values(), key=_order)
         if version is None:
             return list(ordered)
         return [instance for instance in ordered if instance.version == version]
@@ -119,7 +133,7 @@ class _Load:
 
     __slots__ = (
         "token",
-        "service_name",
+        "name",
         "tag",
         "generation",
         "started",
@@ -128,15 +142,15 @@ class _Load:
         "snapshot",
     )
 
-    def __init__(self, token: bytes, service_name: str, tag: bytes, generation: int) -> None:
+    def __init__(self, token: bytes, name: tuple[str, str], tag: bytes, generation: int) -> None:
         self.token = token
         self.started = time.monotonic()
-        self.service_name = service_name
+        self.name = name
         self.tag = tag
         self.generation = generation
         self.marked = False
         self.after_mark: list[list[bytes]] = []
-        self.snapshot: list[Instance] | None = None
+        self.snapshot: dict[bytes, Instance] | None = None
 
 
 class Mirror:
@@ -153,7 +167,7 @@ class Mirror:
         channel: str,
         epoch_key: str,
         timeout: float,
-        parse_member: ParseMember,
+        parse_record: ParseRecord,
     ) -> None:
         self.pid = os.getpid()
         self._client = client
@@ -161,7 +175,7 @@ class Mirror:
         self._epoch_script = client.register_script(EPOCH_LUA)
         self._epoch_key = epoch_key
         self._timeout = timeout
-        self._parse_member = parse_member
+        self._parse_record = parse_record
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,7 +185,7 @@ class Mirror:
         self._current = False
         self._generation = 0
         self._epoch: bytes | None = None
-        self._by_name: dict[str, _Copy] = {}  # in the order copied: the oldest first
+        self._by_name: dict[tuple[str, str], _Copy] = {}  # in the order copied: the oldest first
         self._by_tag: dict[bytes, _Copy] = {}
         self._loading: dict[bytes, _Load] = {}  # by token
         self._loading_tags: dict[bytes, _Load] = {}
@@ -303,14 +317,14 @@ class Mirror:
         self.resets += 1
 
     def _forget(self, copy: _Copy) -> None:
-        del self._by_name[copy.service_name]
+        del self._by_name[copy.name]
         del self._by_tag[copy.tag]
 
     # -- changes received --------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
         self.received += 1
-        fields = data.split(b"\n")
+        fields = data.split(b"\n", 4)  # a put's record is the rest, newlines and all
         if len(fields) < 3:
             return  # not a message keyard wrote
         write_id, kind, tag = fields[0], fields[1], fields[2]
@@ -345,42 +359,42 @@ class Mirror:
             # else: a service this process has not copied, or a change the read includes
 
     def _apply(self, copy: _Copy, fields: list[bytes]) -> None:
-        key = self._parse_member(fields[3])
-        if key is None:
-            return
-        if fields[1] == b"put" and len(fields) == 6:
-            version, location = key
-            copy.put(
-                Instance(copy.service_name, version, location, int(fields[5]), float(fields[4]))
-            )
+        if fields[1] == b"put" and len(fields) == 5:
+            try:
+                instance = self._parse_record(*copy.name, fields[4])
+            except (ValueError, KeyError, TypeError):
+                return  # not a record keyard wrote
+            copy.put(fields[3], instance)
         elif fields[1] == b"del":
-            copy.remove(*key)
+            copy.remove(fields[3])
 
     def _install(self, load: _Load) -> None:
         """Under the lock: the service's read and the changes after its mark become its copy."""
         del self._loading[load.token]
         del self._loading_tags[load.tag]
-        old = self._by_name.get(load.service_name)
+        old = self._by_name.get(load.name)
         if old is not None:
             self._forget(old)
-        copy = _Copy(load.service_name, load.tag, time.monotonic())
-        for instance in load.snapshot or ():
-            copy.put(instance)
+        copy = _Copy(load.name, load.tag, time.monotonic())
+        for member, instance in (load.snapshot or {}).items():
+            copy.put(member, instance)
         for fields in load.after_mark:
             self._apply(copy, fields)
-        self._by_name[load.service_name] = copy
+        self._by_name[load.name] = copy
         self._by_tag[load.tag] = copy
         while len(self._by_name) > MAX_SERVICES:
             self._forget(next(iter(self._by_name.values())))
 
     # -- lookups -----------------------------------------------------------------
 
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance] | None:
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance] | None:
         """The live instances from the copy, or None when the copy cannot answer."""
         with self._lock:
             if not self._current:
                 return None
-            copy = self._by_name.get(service_name)
+            copy = self._by_name.get((namespace, service_name))
             if copy is None:
                 return None
             if time.monotonic() - copy.loaded_at > MAX_AGE:
@@ -388,22 +402,23 @@ class Mirror:
                 return None
             return copy.live(version, now)
 
-    def begin_load(self, service_name: str, tag: bytes) -> bytes | None:
+    def begin_load(self, namespace: str, service_name: str, tag: bytes) -> bytes | None:
         """A token for the script that reads the service and publishes its mark, or None
         when the service should be read without copying (not current, already loading)."""
         with self._lock:
             if not self._current or tag in self._loading_tags:
                 return None
-            if len(self._loading) >= MAX_LOADING or service_name in self._by_name:
+            name = (namespace, service_name)
+            if len(self._loading) >= MAX_LOADING or name in self._by_name:
                 return None
             token = f"{self._writer}L{next(self._write_numbers)}".encode("ascii")
-            load = _Load(token, service_name, tag, self._generation)
+            load = _Load(token, name, tag, self._generation)
             self._loading[token] = load
             self._loading_tags[tag] = load
             return token
 
-    def finish_load(self, token: bytes, instances: list[Instance] | None) -> None:
-        """Hand over what the script read (live instances), or None when it failed."""
+    def finish_load(self, token: bytes, instances: dict[bytes, Instance] | None) -> None:
+        """Hand over what the script read (by member), or None when it failed."""
         with self._lock:
             load = self._loading.get(token)
             if load is None or load.generation != self._generation:
@@ -426,10 +441,10 @@ class Mirror:
             return write_id, self._generation
 
     def finish_write(
-        self, write_id: str, generation: int, change: Instance | tuple[str, str] | None
+        self, write_id: str, generation: int, change: Instance | Removal | None
     ) -> None:
-        """Apply this process's write to the copy at once: ``change`` is the stored instance,
-        a removed ``(version, location)``, or None when the write failed."""
+        """Apply this process's write to the copy at once: ``change`` is the stored record,
+        :data:`REMOVED`, or None when the write failed or changed nothing."""
         key = write_id.encode("ascii")
         with self._lock:
             own = self._own.get(key)
@@ -443,6 +458,6 @@ class Mirror:
             self._own[key] = (tag, member, True)
             self._ahead[(tag, member)] = self._ahead.get((tag, member), 0) + 1
             if isinstance(change, Instance):
-                copy.put(change)
+                copy.put(member, change)
             else:
-                copy.remove(*change)
+                copy.remove(member)
