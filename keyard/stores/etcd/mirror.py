@@ -1,6 +1,8 @@
 """The etcd store's per-process copy of the registry (``cache: true``), for lookups.
 
-A :class:`Mirror` holds every instance under the store's ``base_path``. It is
+A :class:`Mirror` holds every instance under the store's ``base_path``
+(``{base_path}/%ns/{namespace}/{service}/{instance_id}``, see
+:mod:`keyard.stores.etcd.keys`; other keys are ignored). It is
 loaded with one recursive quorum read, whose ``X-Etcd-Index`` it remembers, and
 kept current by a daemon thread that watches ``base_path`` recursively from the
 next index (etcd v2 ``?wait=true&recursive=true&waitIndex=N``, with
@@ -36,7 +38,9 @@ from typing import Any, Optional
 
 import etcd
 
-from keyard.stores.base import Instance
+from keyard.model import UP, Instance, ServiceSummary
+from keyard.stores.base import ordered
+from keyard.stores.etcd.keys import NAMESPACES
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ REMOVALS = frozenset({"delete", "expire", "compareAndDelete"})
 
 #: (etcd index of the change, the instance or None for a removal)
 Entry = tuple[int, Optional[Instance]]
-#: service segment -> version segment -> location segment -> entry
+#: namespace segment -> service segment -> instance id segment -> entry
 Tree = dict[str, dict[str, dict[str, Entry]]]
 
 
@@ -84,7 +88,7 @@ class Mirror:
         timeout: float,
     ) -> None:
         self.base_path = base_path
-        self._prefix = base_path + "/"
+        self._prefix = f"{base_path}/{NAMESPACES}/"
         self._load_tree = load
         self._watch = watch
         self._parse = parse
@@ -270,40 +274,42 @@ class Mirror:
         segments = self._segments(key)
         if segments is None:
             return
-        service, version, location = segments
-        versions = tree.get(service)
-        if versions is None:
+        namespace, service, instance_id = segments
+        services = tree.get(namespace)
+        if services is None:
             if instance is None:
                 return
-            versions = tree[service] = {}
-        locations = versions.get(version)
-        if locations is None:
+            services = tree[namespace] = {}
+        instances = services.get(service)
+        if instances is None:
             if instance is None:
                 return
-            locations = versions[version] = {}
-        known = locations.get(location)
+            instances = services[service] = {}
+        known = instances.get(instance_id)
         if known is not None and known[0] >= index:
             return  # a newer change of this key is in already
-        locations[location] = (index, instance)
+        instances[instance_id] = (index, instance)
         if instance is None:
             self._tombstones.append((time.monotonic(), key, index))
 
     def _remove_directory(self, key: str, index: int) -> None:
         """A directory was deleted or expired: every instance under it is removed."""
-        if key == self.base_path or self._prefix.startswith(key.rstrip("/") + "/"):
-            services: Iterable[str] = list(self._tree)  # base_path itself or a parent
-            version = None
+        if self._prefix.startswith(key.rstrip("/") + "/"):
+            namespaces: Iterable[str] = list(self._tree)  # base_path/%ns itself or a parent
+            service = None
         else:
             parts = key[len(self._prefix) :].split("/") if key.startswith(self._prefix) else []
             if len(parts) not in (1, 2):
                 return
-            services = [parts[0]]
-            version = parts[1] if len(parts) == 2 else None
-        for service in services:
-            versions = self._tree.get(service, {})
-            for name in [version] if version is not None else list(versions):
-                for location in list(versions.get(name, {})):
-                    self._put(self._tree, f"{self._prefix}{service}/{name}/{location}", index, None)
+            namespaces = [parts[0]]
+            service = parts[1] if len(parts) == 2 else None
+        for namespace in namespaces:
+            services = self._tree.get(namespace, {})
+            for name in [service] if service is not None else list(services):
+                for instance_id in list(services.get(name, {})):
+                    self._put(
+                        self._tree, f"{self._prefix}{namespace}/{name}/{instance_id}", index, None
+                    )
 
     def _segments(self, key: str) -> tuple[str, str, str] | None:
         if not key.startswith(self._prefix):
@@ -325,15 +331,15 @@ class Mirror:
                 segments = self._segments(key)
                 if segments is None:
                     continue
-                service, version, location = segments
-                versions = self._tree.get(service, {})
-                locations = versions.get(version, {})
-                if locations.get(location) == (index, None):
-                    del locations[location]
-                    if not locations:
-                        del versions[version]
-                    if not versions:
-                        del self._tree[service]
+                namespace, service, instance_id = segments
+                services = self._tree.get(namespace, {})
+                instances = services.get(service, {})
+                if instances.get(instance_id) == (index, None):
+                    del instances[instance_id]
+                    if not instances:
+                        services.pop(service, None)
+                    if not services:
+                        self._tree.pop(namespace, None)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -342,30 +348,47 @@ class Mirror:
         """True when the copy is complete and etcd confirmed it within STALE_AFTER seconds."""
         return self._loaded and time.monotonic() - self._confirmed_at <= STALE_AFTER
 
-    def lookup(self, service: str, version: str | None, now: float) -> list[Instance] | None:
-        """The live instances under these key segments, sorted; ``None`` when not ready.
+    def lookup(
+        self, namespace: str, service: str, version: str | None, now: float
+    ) -> list[Instance] | None:
+        """The live instances of a service, in lookup order; ``None`` when not ready.
 
-        ``service`` and ``version`` are encoded key segments (``version`` None:
-        every version).
+        ``namespace`` and ``service`` are encoded key segments; ``version`` is
+        the version itself (None: every version).
         """
         if not self.ready:
             return None
         with self._lock:
-            versions = self._tree.get(service)
-            if not versions:
+            instances = self._tree.get(namespace, {}).get(service)
+            if not instances:
                 return []
-            if version is not None:
-                groups = [versions.get(version) or {}]
-            else:
-                groups = list(versions.values())
             found = [
                 instance
-                for locations in groups
-                for _, instance in locations.values()
-                if instance is not None and instance.expires_at > now
+                for _, instance in instances.values()
+                if instance is not None
+                and instance.expires_at > now
+                and (version is None or instance.version == version)
             ]
-        found.sort(key=by_version_and_location)
-        return found
+        return ordered(found)
+
+    def services(self, namespace: str, now: float) -> list[ServiceSummary] | None:
+        """The services of a namespace (an encoded segment), as ``Store.services``; ``None``
+        when not ready."""
+        if not self.ready:
+            return None
+        summaries = []
+        with self._lock:
+            for instances in self._tree.get(namespace, {}).values():
+                live = [
+                    instance
+                    for _, instance in instances.values()
+                    if instance is not None and instance.expires_at > now
+                ]
+                if live:
+                    up = sum(1 for i in live if i.effective_status == UP)
+                    summaries.append(ServiceSummary(live[0].service_name, len(live), up))
+        summaries.sort()
+        return summaries
 
     def entry(self, key: str) -> tuple[int | None, Instance | None] | None:
         """The etcd index and instance the copy holds at ``key``; ``None`` when not ready.
@@ -375,9 +398,9 @@ class Mirror:
         segments = self._segments(key)
         if segments is None or not self.ready:
             return None
-        service, version, location = segments
+        namespace, service, instance_id = segments
         with self._lock:
-            found = self._tree.get(service, {}).get(version, {}).get(location)
+            found = self._tree.get(namespace, {}).get(service, {}).get(instance_id)
         if found is None or found[1] is None:
             return None, None
         return found
@@ -388,9 +411,9 @@ class Mirror:
         with self._lock:
             entries = [
                 entry
-                for versions in self._tree.values()
-                for locations in versions.values()
-                for entry in locations.values()
+                for services in self._tree.values()
+                for instances in services.values()
+                for entry in instances.values()
             ]
             return {
                 "ready": self.ready,
@@ -411,8 +434,3 @@ def leaves(root: dict[str, Any] | None) -> Iterable[dict[str, Any]]:
             pending.extend(node.get("nodes") or ())
         else:
             yield node
-
-
-def by_version_and_location(instance: Instance) -> tuple[str, str]:
-    """The order of lookup answers within one service."""
-    return instance.version, instance.location
