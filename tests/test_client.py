@@ -47,7 +47,7 @@ class DownStore(Store):
     def _down(self, *args: object) -> Any:
         raise StoreUnavailable("the store at db:5432 did not answer within 1 s")
 
-    register = get = deregister = lookup = _down
+    put = get = deregister = set_override = lookup = services = _down
 
 
 def test_register_returns_the_instance_and_whether_it_is_new(client: KeyardClient) -> None:
@@ -194,11 +194,17 @@ def test_a_server_that_is_not_keyard_raises_unexpected_response() -> None:
         KeyardClient(server.url).lookup("web")
 
 
-def test_a_5xx_without_json_raises_registry_unavailable_naming_the_status() -> None:
-    with serve_in_thread(_plain_app("502 Bad Gateway", b"<html>oops</html>")) as server:
+@pytest.mark.parametrize("status", ["501 Not Implemented", "500 Internal Server Error",
+                                    "502 Bad Gateway", "503 Service Unavailable"])
+def test_a_5xx_without_keyards_json_raises_unexpected_response_naming_the_status(
+    status: str,
+) -> None:
+    with serve_in_thread(_plain_app(status, b"<html>oops</html>")) as server:
         client = KeyardClient(server.url)
-        with pytest.raises(RegistryUnavailable, match="answered HTTP 502 Bad Gateway"):
+        with pytest.raises(UnexpectedResponse, match=f"answered HTTP {status} without") as caught:
             client.register("web", "a")
+        assert caught.value.status == int(status.split()[0])
+        assert not isinstance(caught.value, RegistryUnavailable)
 
 
 def test_a_4xx_without_json_is_not_mistaken_for_a_registry_answer() -> None:

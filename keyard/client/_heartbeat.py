@@ -10,7 +10,7 @@ from types import TracebackType
 
 from keyard.client._client import KeyardClient
 from keyard.client._exceptions import KeyardError, NotFound
-from keyard.client._models import Registration
+from keyard.client._models import InstanceSpec, Registration
 
 log = logging.getLogger("keyard.client")
 
@@ -50,13 +50,16 @@ class Heartbeat:
         *,
         version: str | None = None,
         ttl: int | None = None,
+        spec: InstanceSpec | None = None,
         interval: float | None = None,
         jitter: float = 0.2,
         deregister: bool = True,
     ) -> None:
-        """``ttl`` (seconds) is sent with every registration and health check; without
-        it the registry's default TTL applies. ``deregister=False`` leaves the
-        instance to expire by itself after :meth:`stop`.
+        """``ttl`` (seconds) and ``spec`` (the instance's id, status, tags, metadata,
+        weight) are sent with every registration and health check, so that a
+        registry that restarted empty learns them again; without ``ttl`` the
+        registry's default TTL applies. ``deregister=False`` leaves the instance
+        to expire by itself after :meth:`stop`.
 
         Raises ValueError when ``interval`` is not shorter than ``ttl``, or
         ``jitter`` is not in ``[0, 1)``.
@@ -75,6 +78,7 @@ class Heartbeat:
         self.location = location
         self.version = version
         self.ttl = ttl
+        self.spec = spec
         self.jitter = jitter
         self.deregister = deregister
         self._interval = interval
@@ -164,7 +168,11 @@ class Heartbeat:
         if not self.deregister or (self._thread is None and self.registration is None):
             return True
         try:
-            self.client.deregister(self.service_name, self.location, version=self.version)
+            instance_id = self._instance_id()
+            if instance_id is None:
+                self.client.deregister(self.service_name, self.location, version=self.version)
+            else:
+                self.client.deregister_instance(self.service_name, instance_id)
         except NotFound:
             return True  # expired already, or the registry restarted: gone either way
         except KeyardError as exc:
@@ -174,8 +182,17 @@ class Heartbeat:
         log.info("deregistered %s at %s", self.service_name, self.location)
         return True
 
+    def _instance_id(self) -> str | None:
+        """This instance's id when known (given, or answered), to deregister it alone."""
+        if self.spec is not None and self.spec.instance_id is not None:
+            return self.spec.instance_id
+        record = self.registration.record if self.registration is not None else None
+        return record.instance_id if record is not None else None
+
     def _beat(self, send: Callable[..., Registration]) -> None:
-        registration = send(self.service_name, self.location, version=self.version, ttl=self.ttl)
+        registration = send(
+            self.service_name, self.location, version=self.version, ttl=self.ttl, spec=self.spec
+        )
         first = self.registration is None
         self.registration = registration
         self.beats += 1
