@@ -444,11 +444,15 @@ def _json_app(status: str, body: bytes, headers: list[tuple[str, str]] | None = 
     return app
 
 
-@pytest.mark.parametrize("status", ["400 Bad Request", "404 Not Found", "500 Internal Server Error"])
+@pytest.mark.parametrize(
+    "status", ["400 Bad Request", "404 Not Found", "500 Internal Server Error"]
+)
 def test_a_json_error_that_is_not_keyards_raises_unexpected_response(status: str) -> None:
-    with serve_in_thread(_json_app(status, b'{"error": "nope"}')) as server:
-        with pytest.raises(UnexpectedResponse, match="without keyard's JSON error"):
-            KeyardClient(server.url).lookup("web")
+    with (
+        serve_in_thread(_json_app(status, b'{"error": "nope"}')) as server,
+        pytest.raises(UnexpectedResponse, match="without keyard's JSON error"),
+    ):
+        KeyardClient(server.url).lookup("web")
 
 
 def test_a_redirect_is_reported_not_followed() -> None:
@@ -485,9 +489,11 @@ def test_a_redirect_is_reported_not_followed() -> None:
 def test_a_success_that_is_not_keyards_record_raises_unexpected_response(
     call: Any, body: bytes
 ) -> None:
-    with serve_in_thread(_json_app("200 OK", body)) as server:
-        with pytest.raises(UnexpectedResponse, match="answered"):
-            call(KeyardClient(server.url))
+    with (
+        serve_in_thread(_json_app("200 OK", body)) as server,
+        pytest.raises(UnexpectedResponse, match="answered"),
+    ):
+        call(KeyardClient(server.url))
 
 
 def test_an_answer_that_is_not_http_raises_unexpected_response() -> None:
