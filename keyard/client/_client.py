@@ -283,9 +283,7 @@ class KeyardClient:
             method, (), body, lambda b: registration_from_json(b, status == 201, full=bool(extra))
         )
 
-    def _parse(
-        self, method: str, path: Sequence[str], body: Any, read: Callable[[Any], T]
-    ) -> T:
+    def _parse(self, method: str, path: Sequence[str], body: Any, read: Callable[[Any], T]) -> T:
         """``read(body)``; UnexpectedResponse when the body is not what keyard answers."""
         try:
             return read(body)
@@ -374,8 +372,11 @@ class KeyardClient:
         text = None
         if isinstance(body, dict):
             text = next(
-                (body[name] for name in ("description", "title")
-                 if isinstance(body.get(name), str) and body[name]),
+                (
+                    body[name]
+                    for name in ("description", "title")
+                    if isinstance(body.get(name), str) and body[name]
+                ),
                 None,
             )
         if 300 <= status < 400:

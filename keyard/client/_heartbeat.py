@@ -54,12 +54,16 @@ class Heartbeat:
         interval: float | None = None,
         jitter: float = 0.2,
         deregister: bool = True,
+        strict_interval: bool = False,
     ) -> None:
         """``ttl`` (seconds) and ``spec`` (the instance's id, status, tags, metadata,
         weight) are sent with every registration and health check, so that a
         registry that restarted empty learns them again; without ``ttl`` the
         registry's default TTL applies. ``deregister=False`` leaves the instance
-        to expire by itself after :meth:`stop`.
+        to expire by itself after :meth:`stop`. An ``interval`` not shorter than
+        the TTL the registry answers (its default TTL when no ``ttl`` is given)
+        is logged as a warning, or with ``strict_interval=True`` refused by
+        :meth:`start` (see there).
 
         Raises ValueError when ``interval`` is not shorter than ``ttl``, or
         ``jitter`` is not in ``[0, 1)``.
@@ -81,6 +85,7 @@ class Heartbeat:
         self.spec = spec
         self.jitter = jitter
         self.deregister = deregister
+        self.strict_interval = strict_interval
         self._interval = interval
         self._stop = threading.Event()
         self._stop_lock = threading.Lock()
@@ -117,7 +122,10 @@ class Heartbeat:
         """Register the instance and start the background thread; returns ``self``.
 
         With ``block=True`` the first registration happens here and its errors
-        raise (the thread is then not started). With ``block=False`` the thread
+        raise (the thread is then not started); with ``strict_interval=True``,
+        so does ValueError when the ``interval`` given is not shorter than the
+        TTL the registry answered (its default TTL when no ``ttl`` was given):
+        the instance is then deregistered again. With ``block=False`` the thread
         registers, retrying until the registry answers: use it for an app that
         may start before its registry.
         """
@@ -125,6 +133,14 @@ class Heartbeat:
             raise RuntimeError(f"{self!r} was already started (a Heartbeat runs once)")
         if block:
             self._beat(self.client.register)
+            too_long = self._interval_too_long()
+            if too_long and self.strict_interval:
+                self._stop.set()
+                with self._stop_lock:
+                    self._gone = self._deregister()
+                raise ValueError(too_long)
+            if too_long:
+                log.warning("%s", too_long)
         self._thread = threading.Thread(
             target=self._run,
             args=(not block,),
@@ -182,6 +198,21 @@ class Heartbeat:
         log.info("deregistered %s at %s", self.service_name, self.location)
         return True
 
+    def _interval_too_long(self) -> str | None:
+        """Why the given interval lets the instance expire between health checks, if it does.
+
+        Known once the registry has answered the TTL (its default, when none was given).
+        """
+        if self._interval is None or self.registration is None:
+            return None
+        if self._interval < self.registration.ttl:
+            return None
+        return (
+            f"interval ({self._interval:g} s) must be shorter than the ttl "
+            f"({self.registration.ttl} s, the registry's answer), "
+            "or the instance expires between health checks"
+        )
+
     def _instance_id(self) -> str | None:
         """This instance's id when known (given, or answered), to deregister it alone."""
         if self.spec is not None and self.spec.instance_id is not None:
@@ -204,13 +235,9 @@ class Heartbeat:
                 registration.location,
                 registration.ttl,
             )
-            if self._interval is not None and self._interval >= registration.ttl:
-                log.warning(
-                    "health checks every %g s are not shorter than the ttl (%d s): "
-                    "the instance will expire between them",
-                    self._interval,
-                    registration.ttl,
-                )
+            too_long = self._interval_too_long()
+            if too_long and threading.current_thread() is self._thread:
+                log.warning("%s", too_long)  # start(block=True) warns (or raises) itself
         elif registration.created:
             log.info(
                 "the registry had lost %s at %s: registered again",
