@@ -1,4 +1,5 @@
-"""The ``keyard`` command line: serve a registry, and register, deregister and look up services.
+"""The ``keyard`` command line: serve a registry; register, deregister, look up and list
+services and their instances; put an instance into maintenance and back.
 
 Exit codes: 0 success; 1 the registry answered an error or could not be
 reached (a one-line message on stderr); 2 a usage error or an invalid
@@ -8,19 +9,31 @@ named in ``keyard COMMAND --help``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
-from keyard import __version__
-from keyard.client import DEFAULT_TIMEOUT, DEFAULT_URL, Heartbeat, KeyardClient, Registration
-from keyard.errors import ConfigError, KeyardError
+from keyard import __version__, model
+from keyard.client import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    OUT_OF_SERVICE,
+    STATUSES,
+    Heartbeat,
+    Instance,
+    InstanceSpec,
+    KeyardClient,
+    Registration,
+)
+from keyard.errors import ConfigError, InvalidInput, KeyardError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,20 +118,74 @@ def _registry_options(command: F) -> F:
     )(command)
 
 
-def _service_options(*, location: bool = True, version_help: str = "") -> Callable[[F], F]:
+def _text(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that checks a text value as the registry would (not blank, not too long)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return model.check_text(field, value)
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return check
+
+
+def _tags(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> tuple[str, ...]:
+    try:
+        return model.check_tags(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _metadata(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE pairs (each key once) as a dict."""
+    found: dict[str, str] = {}
+    for pair in value:
+        key, equals, text = pair.partition("=")
+        if not equals:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}")
+        if key in found:
+            raise click.BadParameter(f"metadata key {key!r} is given more than once")
+        found[key] = text
+    try:
+        return dict(model.check_metadata(found))
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _status_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Comma-separated statuses (any case), or ``any``."""
+    if value is None or value.strip().lower() == "any":
+        return value and "any"
+    named = [part.strip().upper() for part in value.split(",")]
+    for part in named:
+        if part not in STATUSES:
+            raise click.BadParameter(
+                f"status {part!r} is not known; valid: {', '.join(STATUSES)}, or any"
+            )
+    return ",".join(named)
+
+
+def _service_options(
+    *, location: bool = True, location_required: bool = True, version_help: str = ""
+) -> Callable[[F], F]:
     """--service-name, --version and (unless ``location=False``) --location."""
 
     def decorate(command: F) -> F:
         if location:
             command = click.option(
                 "--location",
-                required=True,
+                required=location_required,
+                callback=_text("location"),
                 envvar="KEYARD_SERVICE_LOCATION",
                 show_envvar=True,
                 help="Where the instance answers, e.g. http://10.0.0.5:8002.",
             )(command)
         command = click.option(
             "--version",
+            callback=_text("version"),
             envvar="KEYARD_SERVICE_VERSION",
             show_envvar=True,
             help=version_help or "The service version [registry default: 1.0].",
@@ -126,6 +193,7 @@ def _service_options(*, location: bool = True, version_help: str = "") -> Callab
         return click.option(
             "--service-name",
             required=True,
+            callback=_text("service_name"),
             envvar="KEYARD_SERVICE_NAME",
             show_envvar=True,
             help="The service's name.",
@@ -134,13 +202,117 @@ def _service_options(*, location: bool = True, version_help: str = "") -> Callab
     return decorate
 
 
+def _instance_id_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--instance-id",
+        metavar="ID",
+        callback=_text("instance_id"),
+        envvar="KEYARD_INSTANCE_ID",
+        show_envvar=True,
+        help=help_text,
+    )
+
+
+def _spec_options(command: F) -> F:
+    """--instance-id, --status, --tag, --meta and --weight: one InstanceSpec, ``spec``.
+
+    The command receives ``spec`` (``None`` when none of them is given), never the
+    five values.
+    """
+    options = [
+        _instance_id_option(
+            "The instance's id [registry default: derived from version and location]."
+        ),
+        click.option(
+            "--status",
+            type=click.Choice(STATUSES, case_sensitive=False),
+            envvar="KEYARD_STATUS",
+            show_envvar=True,
+            help="The status the instance reports [registry default: UP; else kept].",
+        ),
+        click.option(
+            "--tag",
+            "tags",
+            metavar="TAG",
+            multiple=True,
+            callback=_tags,
+            envvar="KEYARD_TAGS",
+            show_envvar=True,
+            help="A tag (repeatable; the variable: space-separated).",
+        ),
+        click.option(
+            "--meta",
+            "metadata",
+            metavar="KEY=VALUE",
+            multiple=True,
+            callback=_metadata,
+            envvar="KEYARD_METADATA",
+            show_envvar=True,
+            help="A metadata entry (repeatable; the variable: space-separated).",
+        ),
+        click.option(
+            "--weight",
+            type=click.IntRange(model.MIN_WEIGHT, model.MAX_WEIGHT),
+            envvar="KEYARD_WEIGHT",
+            show_envvar=True,
+            help="The weight for the weighted strategy [registry default: 100].",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def with_spec(
+        *args: Any,
+        instance_id: str | None,
+        status: str | None,
+        tags: tuple[str, ...],
+        metadata: dict[str, str],
+        weight: int | None,
+        **kwargs: Any,
+    ) -> Any:
+        spec = InstanceSpec(
+            instance_id=instance_id,
+            status=status.upper() if status is not None else None,
+            tags=tags or None,
+            metadata=metadata or None,
+            weight=weight,
+        )
+        return command(*args, spec=spec if spec.fields() else None, **kwargs)
+
+    decorated: Any = with_spec
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
+def _time(moment: datetime, timespec: str = "seconds") -> str:
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def _describe(registration: Registration) -> str:
     verb = "registered" if registration.created else "refreshed"
-    expires = registration.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
-    return (
+    line = (
         f"{verb} {registration.service_name} {registration.version} at "
-        f"{registration.location} (ttl {registration.ttl} s, expires {expires})"
+        f"{registration.location} (ttl {registration.ttl} s, "
+        f"expires {_time(registration.expires_at)})"
     )
+    record = registration.record
+    if record is None:
+        return line
+    line += f"; instance {record.instance_id}, status {_status_text(record)}"
+    line += f", weight {record.weight}"
+    if record.tags:
+        line += f", tags {','.join(record.tags)}"
+    if record.metadata:
+        line += f", metadata {_metadata_text(record)}"
+    return line
+
+
+def _status_text(instance: Instance) -> str:
+    return instance.status + (" (maintenance)" if instance.in_maintenance else "")
+
+
+def _metadata_text(instance: Instance) -> str:
+    return ",".join(f"{key}={value}" for key, value in instance.metadata.items())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -210,6 +382,7 @@ def serve(config_path: str | None, bind: str, workers: int | None, threads: int)
 
 @main.command()
 @_service_options()
+@_spec_options
 @click.option(
     "--ttl",
     type=click.IntRange(min=1),
@@ -230,6 +403,7 @@ def register(
     service_name: str,
     version: str | None,
     location: str,
+    spec: InstanceSpec | None,
     ttl: int | None,
     refresh_every: float | None,
     url: str,
@@ -237,18 +411,29 @@ def register(
 ) -> None:
     """Register a service instance (or refresh it).
 
-    With --refresh-every, keep it registered until SIGINT or SIGTERM, then
-    deregister it and exit 0; the registry may go away and come back meanwhile.
+    --instance-id, --status, --tag, --meta and --weight left out keep what the
+    registry stored (its defaults for a new instance). With --refresh-every,
+    keep it registered until SIGINT or SIGTERM, then deregister it and exit 0;
+    the registry may go away and come back meanwhile.
     """
     client = _client(url, timeout)
     if refresh_every is None:
         with _registry_errors():
-            registration = client.register(service_name, location, version=version, ttl=ttl)
+            registration = client.register(
+                service_name, location, version=version, ttl=ttl, spec=spec
+            )
         click.echo(_describe(registration))
         return
     try:
         heartbeat = Heartbeat(
-            client, service_name, location, version=version, ttl=ttl, interval=refresh_every
+            client,
+            service_name,
+            location,
+            version=version,
+            ttl=ttl,
+            spec=spec,
+            interval=refresh_every,
+            strict_interval=True,
         )
     except ValueError as exc:
         raise click.UsageError(f"--refresh-every: {exc}") from exc
@@ -260,7 +445,12 @@ def _keep_alive(heartbeat: Heartbeat) -> None:
     stop = threading.Event()
     with _stop_on_signals(stop), _log_to_stderr("keyard.client"):
         with _registry_errors():
-            heartbeat.start()
+            try:
+                heartbeat.start()
+            except ValueError as exc:  # not shorter than the TTL the registry answered
+                raise click.UsageError(
+                    f"--refresh-every: {exc}; give a shorter --refresh-every or a longer --ttl"
+                ) from exc
         assert heartbeat.registration is not None
         click.echo(
             f"{_describe(heartbeat.registration)}; health check every "
@@ -310,18 +500,38 @@ def _log_to_stderr(name: str) -> Iterator[None]:
 
 
 @main.command()
-@_service_options()
+@_service_options(location_required=False)
+@_instance_id_option("Deregister the instance with this id (instead of --location).")
 @_registry_options
 def unregister(
-    service_name: str, version: str | None, location: str, url: str, timeout: float
+    service_name: str,
+    version: str | None,
+    location: str | None,
+    instance_id: str | None,
+    url: str,
+    timeout: float,
 ) -> None:
-    """Deregister a service instance.
+    """Deregister a service instance: by --location (and --version), or by --instance-id.
 
-    Exit code 1 when the registry has no live instance with this name, version
-    and location.
+    By location, every instance of the version at that location goes. Exit code
+    1 when the registry has no such live instance.
     """
+    if (location is None) == (instance_id is None):
+        raise click.UsageError("give either --location or --instance-id")
+    if instance_id is not None and version is not None:
+        raise click.UsageError("--version goes with --location; an --instance-id is enough")
+    client = _client(url, timeout)
+    if instance_id is not None:
+        with _registry_errors():
+            removed = client.deregister_instance(service_name, instance_id)
+        click.echo(
+            f"deregistered {removed.service_name} {removed.version} at {removed.location} "
+            f"(instance {removed.instance_id})"
+        )
+        return
+    assert location is not None
     with _registry_errors():
-        _client(url, timeout).deregister(service_name, location, version=version)
+        client.deregister(service_name, location, version=version)
     which = f"{service_name}" + (f" {version}" if version else "")
     click.echo(f"deregistered {which} at {location}")
 
@@ -331,7 +541,8 @@ def unregister(
 @click.option(
     "--strategy",
     metavar="NAME",
-    help="Answer one location, picked by this load-balancing strategy (random, round_robin).",
+    help="Answer one location, picked by this load-balancing strategy "
+    "(random, round_robin, weighted).",
 )
 @click.option(
     "--format",
@@ -350,7 +561,7 @@ def lookup(
     url: str,
     timeout: float,
 ) -> None:
-    """Print the live locations of a service.
+    """Print the live UP locations of a service.
 
     Locations come ordered by version, then location. An unknown service
     prints nothing (exit 0); with --strategy, no live instance is an error
@@ -369,5 +580,176 @@ def lookup(
             click.echo(location)
 
 
+def _format_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help=f"table: a readable table; json: {what}.",
+    )
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, under a header line."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _record_json(instance: Instance) -> dict[str, object]:
+    """The record as the registry's API shows it."""
+    shown: dict[str, object] = {
+        "namespace": instance.namespace,
+        "service_name": instance.service_name,
+        "version": instance.version,
+        "instance_id": instance.instance_id,
+        "location": instance.location,
+        "status": instance.status,
+    }
+    if instance.status_override is not None:
+        shown["status_override"] = instance.status_override
+    shown.update(
+        tags=list(instance.tags),
+        metadata=dict(instance.metadata),
+        weight=instance.weight,
+        ttl=instance.ttl,
+        registered_at=_time(instance.registered_at, "milliseconds"),
+        last_heartbeat_at=_time(instance.last_heartbeat_at, "milliseconds"),
+        expires_at=_time(instance.expires_at, "milliseconds"),
+    )
+    return shown
+
+
+@main.command()
+@_format_option("a JSON list of {service_name, instances, up}")
+@_registry_options
+def services(output_format: str, url: str, timeout: float) -> None:
+    """List every service with a live instance: how many instances, how many UP.
+
+    Sorted by name; no service prints nothing (exit 0).
+    """
+    with _registry_errors():
+        found = _client(url, timeout).services()
+    if output_format == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {"service_name": s.service_name, "instances": s.instances, "up": s.up}
+                    for s in found
+                ]
+            )
+        )
+    elif found:
+        rows = [(s.service_name, str(s.instances), str(s.up)) for s in found]
+        click.echo(_table(("SERVICE", "INSTANCES", "UP"), rows))
+
+
+@main.command()
+@click.argument("name", callback=_text("service_name"))
+@click.option("--version", callback=_text("version"), help="Only this version.")
+@click.option(
+    "--tag",
+    "tags",
+    metavar="TAG",
+    multiple=True,
+    callback=_tags,
+    help="Only instances with this tag (repeatable: with every one of them).",
+)
+@click.option(
+    "--status",
+    callback=_status_filter,
+    metavar="STATUS[,STATUS...]",
+    help=f"Only instances with one of these statuses ({', '.join(STATUSES)}) "
+    "[default: any status].",
+)
+@_format_option("a JSON list of the full records")
+@_registry_options
+def instances(
+    name: str,
+    version: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    output_format: str,
+    url: str,
+    timeout: float,
+) -> None:
+    """List the live instances of service NAME, in every status unless --status says.
+
+    Ordered by version, location and id. An instance in maintenance shows
+    "(maintenance)" after its status. An unknown service prints nothing (exit 0).
+    """
+    with _registry_errors():
+        found = _client(url, timeout).instances(
+            name, version=version, tag=tags or None, status=status
+        )
+    if output_format == "json":
+        click.echo(json.dumps([_record_json(instance) for instance in found], indent=2))
+        return
+    if not found:
+        return
+    rows = [
+        (
+            i.instance_id,
+            i.version,
+            i.location,
+            _status_text(i),
+            str(i.weight),
+            ",".join(i.tags) or "-",
+            _metadata_text(i) or "-",
+            _time(i.expires_at),
+        )
+        for i in found
+    ]
+    headers = ("INSTANCE", "VERSION", "LOCATION", "STATUS", "WEIGHT", "TAGS", "METADATA", "EXPIRES")
+    click.echo(_table(headers, rows))
+
+
+@main.group()
+def maintenance() -> None:
+    """Take an instance out of lookups (on) and put it back (off).
+
+    `on` imposes the status OUT_OF_SERVICE: lookups and load balancing skip the
+    instance, its health checks keep it registered but do not change the
+    status. `off` removes it: the instance's own status applies again.
+    """
+
+
+def _maintenance_arguments(command: F) -> F:
+    command = click.argument("instance_id", callback=_text("instance_id"))(command)
+    return click.argument("name", callback=_text("service_name"))(command)
+
+
+@maintenance.command("on")
+@_maintenance_arguments
+@_registry_options
+def maintenance_on(name: str, instance_id: str, url: str, timeout: float) -> None:
+    """Put instance INSTANCE_ID of service NAME into maintenance (OUT_OF_SERVICE)."""
+    with _registry_errors():
+        record = _client(url, timeout).set_status(name, instance_id, OUT_OF_SERVICE)
+    click.echo(
+        f"{record.service_name} {record.instance_id} at {record.location}: "
+        f"{_status_text(record)}; lookups skip it until "
+        f"'keyard maintenance off {name} {instance_id}'"
+    )
+
+
+@maintenance.command("off")
+@_maintenance_arguments
+@_registry_options
+def maintenance_off(name: str, instance_id: str, url: str, timeout: float) -> None:
+    """Take instance INSTANCE_ID of service NAME out of maintenance."""
+    with _registry_errors():
+        record = _client(url, timeout).clear_status(name, instance_id)
+    click.echo(
+        f"{record.service_name} {record.instance_id} at {record.location}: "
+        f"maintenance off, status {record.status}"
+    )
+
+
 if __name__ == "__main__":
-    main()
+    main(prog_name="keyard")

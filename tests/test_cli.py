@@ -149,7 +149,9 @@ def test_invalid_input_exits_1_with_the_registrys_message(registry: ThreadServer
         "lookup", "--url", registry.url, "--service-name", "web", "--strategy", "fastest"
     )
     assert_one_line_error(
-        result, 1, "load_balancer_strategy 'fastest' is not known; valid: random, round_robin"
+        result,
+        1,
+        "load_balancer_strategy 'fastest' is not known; valid: random, round_robin, weighted",
     )
 
 

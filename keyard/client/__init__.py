@@ -12,6 +12,12 @@
     except NotFound:
         ...                                  # no live instance
 
+    spec = InstanceSpec(instance_id="app2-a", tags=["canary"], metadata={"zone": "eu-1"})
+    client.register("app2", "http://127.0.0.1:8002", spec=spec)
+    client.set_status("app2", "app2-a", "OUT_OF_SERVICE")    # maintenance: lookups skip it
+    for instance in client.instances("app2"):                # full records, every status
+        print(instance.instance_id, instance.status, instance.tags)
+
 Errors are keyard's own exceptions (all subclasses of ``KeyardError``), never
 urllib's; see :mod:`keyard.client._exceptions` for which HTTP answer raises which.
 """
@@ -26,18 +32,30 @@ from keyard.client._exceptions import (
     UnexpectedResponse,
 )
 from keyard.client._heartbeat import Heartbeat
-from keyard.client._models import Registration
+from keyard.client._models import (
+    OUT_OF_SERVICE,
+    STATUSES,
+    Instance,
+    InstanceSpec,
+    Registration,
+    ServiceSummary,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
+    "OUT_OF_SERVICE",
+    "STATUSES",
     "ConnectionFailed",
     "Heartbeat",
+    "Instance",
+    "InstanceSpec",
     "InvalidInput",
     "KeyardClient",
     "KeyardError",
     "NotFound",
     "Registration",
     "RegistryUnavailable",
+    "ServiceSummary",
     "UnexpectedResponse",
 ]

@@ -7,10 +7,9 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
 
 from keyard.client._exceptions import (
     ConnectionFailed,
@@ -20,7 +19,17 @@ from keyard.client._exceptions import (
     RegistryUnavailable,
     UnexpectedResponse,
 )
-from keyard.client._models import Registration
+from keyard.client._models import (
+    OUT_OF_SERVICE,
+    Instance,
+    InstanceSpec,
+    Registration,
+    ServiceSummary,
+    instance_from_json,
+    joined,
+    registration_from_json,
+    summary_from_json,
+)
 
 if TYPE_CHECKING:
     from keyard.client._heartbeat import Heartbeat
@@ -30,10 +39,18 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: Seconds to wait for the registry to connect and to answer each read.
 DEFAULT_TIMEOUT = 5.0
 
+T = TypeVar("T")
 
-def _parse_time(text: str) -> datetime:
-    # fromisoformat() reads a trailing "Z" only from Python 3.11 on.
-    return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """keyard never redirects: a 3xx is an answer to report, not one to follow.
+
+    (urllib would follow a 301 to a POST with a GET without its body: a register
+    turned into a lookup.)
+    """
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
 
 
 class KeyardClient:
@@ -41,9 +58,14 @@ class KeyardClient:
 
     Every method makes one HTTP request and raises keyard's exceptions, never
     urllib's: :class:`~keyard.errors.InvalidInput` (HTTP 400),
-    :class:`~keyard.errors.NotFound` (404), :class:`RegistryUnavailable` (503)
-    and :class:`ConnectionFailed` (refused, unknown host, timeout). The client
+    :class:`~keyard.errors.NotFound` (404), :class:`RegistryUnavailable` (503),
+    :class:`ConnectionFailed` (refused, unknown host, timeout) and
+    :class:`UnexpectedResponse` (an answer keyard would not give). The client
     holds no connection between calls, so one client may serve many threads.
+
+    The fields an instance registers beyond its name, location, version and TTL
+    (its id, status, tags, metadata, weight) are one :class:`InstanceSpec`,
+    taken by :meth:`register`, :meth:`heartbeat` and :meth:`keep_alive`.
 
     >>> client = KeyardClient("http://127.0.0.1:8000", timeout=2)
     >>> client.register("app2", "http://127.0.0.1:8002", ttl=10)    # doctest: +SKIP
@@ -72,11 +94,12 @@ class KeyardClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.endpoint = f"{self.base_url}/keyard"
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def __repr__(self) -> str:
         return f"KeyardClient({self.base_url!r}, timeout={self.timeout!r})"
 
-    # -- the operations ------------------------------------------------------------------
+    # -- registering -------------------------------------------------------------------
 
     def register(
         self,
@@ -85,13 +108,16 @@ class KeyardClient:
         *,
         version: str | None = None,
         ttl: int | None = None,
+        spec: InstanceSpec | None = None,
     ) -> Registration:
         """Register an instance (POST), or refresh it if it is already registered.
 
         ``version`` defaults to the registry's ``"1.0"``, ``ttl`` to its default TTL.
+        ``spec`` adds the instance's id, status, tags, metadata or weight; the
+        answer's ``record`` is then the full record. Fields ``spec`` leaves out
+        keep what the registry stored.
         """
-        fields = {"service_name": service_name, "version": version, "location": location}
-        return self._registration("POST", {**fields, "ttl": ttl})
+        return self._registration("POST", service_name, location, version, ttl, spec)
 
     def heartbeat(
         self,
@@ -100,49 +126,33 @@ class KeyardClient:
         *,
         version: str | None = None,
         ttl: int | None = None,
+        spec: InstanceSpec | None = None,
     ) -> Registration:
         """Health-check an instance (PUT): push its expiry one TTL away.
 
         Without ``ttl`` the instance keeps the TTL it was registered with. An
         instance the registry does not know (it expired, or the registry
-        restarted) is registered again: ``created`` is then ``True``.
+        restarted) is registered again: ``created`` is then ``True``. ``spec``
+        as for :meth:`register` (with an ``instance_id``, that instance is meant).
         """
-        fields = {"service_name": service_name, "version": version, "location": location}
-        return self._registration("PUT", {**fields, "ttl": ttl})
+        return self._registration("PUT", service_name, location, version, ttl, spec)
 
     def deregister(self, service_name: str, location: str, *, version: str | None = None) -> None:
-        """Remove an instance (DELETE). NotFound when no live instance has this key."""
+        """Remove the instances at this location (DELETE). NotFound when there is none.
+
+        Every live instance of the service at ``version`` (default ``"1.0"``) and
+        ``location`` goes, whatever its id; :meth:`deregister_instance` removes one.
+        """
         fields = {"service_name": service_name, "version": version, "location": location}
-        body = self._request("DELETE", fields)
+        body = self._call("DELETE", (), fields)
         if not (isinstance(body, dict) and isinstance(body.get("deregistered"), dict)):
             raise UnexpectedResponse(f"DELETE {self.endpoint} answered {body!r}")
 
-    def lookup(self, service_name: str, *, version: str | None = None) -> list[str]:
-        """Every live location of the service (and version): by version, then location.
-
-        An unknown service gives an empty list, not NotFound.
-        """
-        result = self._result({"service_name": service_name, "version": version})
-        if not (isinstance(result, list) and all(isinstance(item, str) for item in result)):
-            raise UnexpectedResponse(f"GET {self.endpoint} answered result {result!r}")
-        return result
-
-    def choose(
-        self, service_name: str, *, version: str | None = None, strategy: str = "random"
-    ) -> str:
-        """One live location of the service, picked by the registry's ``strategy``
-        (``random`` or ``round_robin``). NotFound when none is live; InvalidInput
-        for an unknown strategy.
-        """
-        fields = {
-            "service_name": service_name,
-            "version": version,
-            "load_balancer_strategy": strategy,
-        }
-        result = self._result(fields)
-        if not isinstance(result, str):
-            raise UnexpectedResponse(f"GET {self.endpoint} answered result {result!r}")
-        return result
+    def deregister_instance(self, service_name: str, instance_id: str) -> Instance:
+        """Remove one instance by its id; returns its last record. NotFound when not live."""
+        path = _instance_path(service_name, instance_id)
+        body = self._call("DELETE", path)
+        return self._parse("DELETE", path, body, lambda b: instance_from_json(b["deregistered"]))
 
     def keep_alive(
         self,
@@ -151,6 +161,7 @@ class KeyardClient:
         *,
         version: str | None = None,
         ttl: int | None = None,
+        spec: InstanceSpec | None = None,
         interval: float | None = None,
         jitter: float = 0.2,
         deregister: bool = True,
@@ -164,52 +175,167 @@ class KeyardClient:
             location,
             version=version,
             ttl=ttl,
+            spec=spec,
             interval=interval,
             jitter=jitter,
             deregister=deregister,
         )
 
+    # -- finding -------------------------------------------------------------------------
+
+    def lookup(self, service_name: str, *, version: str | None = None) -> list[str]:
+        """Every live ``UP`` location of the service (and version): by version, then location.
+
+        An unknown service gives an empty list, not NotFound.
+        """
+        result = self._result({"service_name": service_name, "version": version})
+        if not (isinstance(result, list) and all(isinstance(item, str) for item in result)):
+            raise UnexpectedResponse(f"GET {self.endpoint} answered result {result!r}")
+        return result
+
+    def choose(
+        self, service_name: str, *, version: str | None = None, strategy: str = "random"
+    ) -> str:
+        """One live ``UP`` location of the service, picked by the registry's ``strategy``
+        (``random``, ``round_robin`` or ``weighted``). NotFound when none is live;
+        InvalidInput for an unknown strategy.
+        """
+        fields = {
+            "service_name": service_name,
+            "version": version,
+            "load_balancer_strategy": strategy,
+        }
+        result = self._result(fields)
+        if not isinstance(result, str):
+            raise UnexpectedResponse(f"GET {self.endpoint} answered result {result!r}")
+        return result
+
+    def services(self) -> list[ServiceSummary]:
+        """Every service with a live instance, by name: how many instances, how many UP."""
+        path = ("services",)
+        body = self._call("GET", path)
+        return self._parse("GET", path, body, lambda b: _each(b["services"], summary_from_json))
+
+    def instances(
+        self,
+        service_name: str,
+        *,
+        version: str | None = None,
+        tag: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+    ) -> list[Instance]:
+        """The live instances of the service as full records, by version, location, id.
+
+        Every status unless ``status`` narrows it (one status, several, or
+        ``"any"``); ``tag``: only instances with every one of these tags. An
+        unknown service gives an empty list.
+        """
+        path = ("services", _segment(service_name, "service_name"))
+        fields = {"version": version, "tag": joined(tag), "status": joined(status)}
+        body = self._call("GET", path, fields)
+        return self._parse("GET", path, body, lambda b: _each(b["instances"], instance_from_json))
+
+    def instance(self, service_name: str, instance_id: str) -> Instance:
+        """One live instance's record. NotFound when no live instance has this id."""
+        path = _instance_path(service_name, instance_id)
+        return self._parse("GET", path, self._call("GET", path), instance_from_json)
+
+    # -- an operator's status override (maintenance) -------------------------------------
+
+    def set_status(
+        self, service_name: str, instance_id: str, status: str = OUT_OF_SERVICE
+    ) -> Instance:
+        """Impose ``status`` on the instance until :meth:`clear_status` (maintenance).
+
+        It wins over what the instance reports, and survives its health checks;
+        lookups (``UP`` only) stop answering it. Returns the record.
+        """
+        path = (*_instance_path(service_name, instance_id), "status")
+        body = self._call("PUT", path, {"status": status})
+        return self._parse("PUT", path, body, instance_from_json)
+
+    def clear_status(self, service_name: str, instance_id: str) -> Instance:
+        """Remove the operator's status: the instance's own status applies again."""
+        path = (*_instance_path(service_name, instance_id), "status")
+        return self._parse("DELETE", path, self._call("DELETE", path), instance_from_json)
+
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _registration(self, method: str, fields: Mapping[str, object]) -> Registration:
-        body, status = self._exchange(method, fields)
+    def _registration(
+        self,
+        method: str,
+        service_name: str,
+        location: str,
+        version: str | None,
+        ttl: int | None,
+        spec: InstanceSpec | None,
+    ) -> Registration:
+        extra = spec.fields() if spec is not None else {}
+        fields = {
+            "service_name": service_name,
+            "version": version,
+            "location": location,
+            "ttl": ttl,
+            **extra,
+        }
+        body, status = self._exchange(method, (), fields)
+        return self._parse(
+            method, (), body, lambda b: registration_from_json(b, status == 201, full=bool(extra))
+        )
+
+    def _parse(self, method: str, path: Sequence[str], body: Any, read: Callable[[Any], T]) -> T:
+        """``read(body)``; UnexpectedResponse when the body is not what keyard answers."""
         try:
-            return Registration(
-                service_name=str(body["service_name"]),
-                version=str(body["version"]),
-                location=str(body["location"]),
-                ttl=int(body["ttl"]),
-                expires_at=_parse_time(str(body["expires_at"])),
-                created=status == 201,
-            )
+            return read(body)
         except (KeyError, TypeError, ValueError) as exc:
-            raise UnexpectedResponse(f"{method} {self.endpoint} answered {body!r}") from exc
+            shown = repr(body) if len(repr(body)) <= 300 else f"{repr(body)[:300]}..."
+            raise UnexpectedResponse(
+                f"{method} {self._url(path)} answered {shown} ({exc})"
+            ) from exc
 
     def _result(self, fields: Mapping[str, object]) -> Any:
-        body = self._request("GET", fields)
+        body = self._call("GET", (), fields)
         if not (isinstance(body, dict) and "result" in body):
             raise UnexpectedResponse(f"GET {self.endpoint} answered {body!r}")
         return body["result"]
 
-    def _request(self, method: str, fields: Mapping[str, object]) -> Any:
-        return self._exchange(method, fields)[0]
+    def _call(
+        self, method: str, path: Sequence[str], fields: Mapping[str, object] | None = None
+    ) -> Any:
+        return self._exchange(method, path, fields)[0]
 
-    def _exchange(self, method: str, fields: Mapping[str, object]) -> tuple[Any, int]:
-        """Send the fields (query string for GET, else a JSON body); the JSON answer and status."""
-        present = {name: value for name, value in fields.items() if value is not None}
+    def _url(self, path: Sequence[str]) -> str:
+        """``/keyard`` and the path's segments, each percent-encoded (``/`` as ``%2F``)."""
+        return self.endpoint + "".join("/" + _quote(segment) for segment in path)
+
+    def _exchange(
+        self, method: str, path: Sequence[str], fields: Mapping[str, object] | None
+    ) -> tuple[Any, int]:
+        """Send the fields (query string for GET, else a JSON body); the JSON answer and status.
+
+        Fields that are ``None`` are not sent; without fields a DELETE has no body.
+        """
+        present = {name: value for name, value in (fields or {}).items() if value is not None}
         headers = {"Accept": "application/json"}
+        url = self._url(path)
+        data = None
         if method == "GET":
-            url, data = f"{self.endpoint}?{urlencode(present)}", None
-        else:
-            url, data = self.endpoint, json.dumps(present).encode("utf-8")
+            if present:
+                url = f"{url}?{urlencode(present)}"
+        elif fields is not None:
+            data = json.dumps(present).encode("utf-8")
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        where = self._url(path)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             with exc:
-                raise self._error(method, exc.code, exc.reason, _read_quietly(exc)) from None
+                error = self._error(
+                    method, where, exc.code, exc.reason, _read_quietly(exc), exc.headers
+                )
+                raise error from None
         except OSError as exc:  # URLError, refused, reset, timeout
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, (TimeoutError, socket.timeout)):
@@ -225,29 +351,80 @@ class KeyardClient:
             return json.loads(raw), status
         except ValueError as exc:
             raise UnexpectedResponse(
-                f"{method} {self.endpoint} answered HTTP {status} without JSON: {raw[:200]!r}"
+                f"{method} {where} answered HTTP {status} without JSON: {raw[:200]!r}", status
             ) from exc
 
-    def _error(self, method: str, status: int, reason: str, raw: bytes) -> KeyardError:
-        """The exception for an error answer; its message is the server's description."""
-        message = f"{method} {self.endpoint} answered HTTP {status} {reason}"
+    def _error(
+        self, method: str, where: str, status: int, reason: str, raw: bytes, headers: Any
+    ) -> KeyardError:
+        """The exception for an error answer; its message is the server's description.
+
+        Only keyard's own error body (a JSON object with a ``title`` or a
+        ``description``) is taken for the registry's word: any other answer,
+        whatever its status, comes from a server that is not keyard (a wrong URL
+        or port, a proxy's page) and raises UnexpectedResponse.
+        """
+        answered = f"{method} {where} answered HTTP {status} {reason}"
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
-        if isinstance(body, dict) and (body.get("description") or body.get("title")):
-            message = str(body.get("description") or body.get("title"))
-        elif 400 <= status < 500:
-            # keyard answers every 4xx in JSON: this server is something else (a wrong
-            # URL or port), not a registry saying "no such instance" or "bad field".
-            return UnexpectedResponse(f"{message} without keyard's JSON error; is it a registry?")
+        text = None
+        if isinstance(body, dict):
+            text = next(
+                (
+                    body[name]
+                    for name in ("description", "title")
+                    if isinstance(body.get(name), str) and body[name]
+                ),
+                None,
+            )
+        if 300 <= status < 400:
+            target = headers.get("Location") if headers is not None else None
+            to = f" to {target}" if target else ""
+            return UnexpectedResponse(
+                f"{answered}{to}: keyard does not redirect; is {self.base_url} the registry?",
+                status,
+            )
+        if text is None:
+            return UnexpectedResponse(
+                f"{answered} without keyard's JSON error; is it a registry?", status
+            )
         if status == 404:
-            return NotFound(message)
+            return NotFound(text)
         if 400 <= status < 500:
-            return InvalidInput(message)
+            return InvalidInput(text)
         if 500 <= status < 600:
-            return RegistryUnavailable(message)
-        return UnexpectedResponse(message)
+            return RegistryUnavailable(text)
+        return UnexpectedResponse(text, status)
+
+
+def _quote(segment: str) -> str:
+    quoted = quote(segment, safe="")
+    # "." and ".." are no names but steps along the path: encode them too.
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _segment(value: str, name: str) -> str:
+    """A name that goes into the path; an empty one would name another resource."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    return value
+
+
+def _instance_path(service_name: str, instance_id: str) -> tuple[str, ...]:
+    return (
+        "services",
+        _segment(service_name, "service_name"),
+        "instances",
+        _segment(instance_id, "instance_id"),
+    )
+
+
+def _each(items: object, read: Callable[[object], T]) -> list[T]:
+    if not isinstance(items, list):
+        raise ValueError(f"expected a JSON list, got {items!r}")
+    return [read(item) for item in items]
 
 
 def _read_quietly(response: urllib.error.HTTPError) -> bytes:

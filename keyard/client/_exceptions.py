@@ -1,9 +1,13 @@
 """The exceptions the client raises: keyard's own, plus two for a registry it cannot use.
 
-A 400 (or another 4xx) answer raises :class:`~keyard.errors.InvalidInput`, a 404
-:class:`~keyard.errors.NotFound`, a 503 (or another 5xx) :class:`RegistryUnavailable`
-and a refused connection or a timeout :class:`ConnectionFailed`. The message is
-the server's ``description``: what to change, as the server said it.
+keyard answers every error with a JSON body ``{"title", "description"}``. Such a
+400 (or another 4xx) answer raises :class:`~keyard.errors.InvalidInput`, a 404
+:class:`~keyard.errors.NotFound`, a 503 (or another 5xx) :class:`RegistryUnavailable`;
+the message is the server's ``description``: what to change, as the server said it.
+A refused connection or a timeout raises :class:`ConnectionFailed`. Any other
+answer (an error without keyard's JSON body, whatever its status; a redirect; a
+success that is not keyard's JSON) raises :class:`UnexpectedResponse`: the server
+answered, but not as keyard does.
 """
 
 from __future__ import annotations
@@ -29,4 +33,11 @@ class ConnectionFailed(RegistryUnavailable):
 
 
 class UnexpectedResponse(KeyardError):
-    """The server's answer is not one keyard gives (is the URL really a keyard registry?)."""
+    """The server's answer is not one keyard gives (is the URL really a keyard registry?).
+
+    ``status`` is the answer's HTTP status, ``None`` when it was not HTTP at all.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

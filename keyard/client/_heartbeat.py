@@ -10,7 +10,7 @@ from types import TracebackType
 
 from keyard.client._client import KeyardClient
 from keyard.client._exceptions import KeyardError, NotFound
-from keyard.client._models import Registration
+from keyard.client._models import InstanceSpec, Registration
 
 log = logging.getLogger("keyard.client")
 
@@ -50,13 +50,20 @@ class Heartbeat:
         *,
         version: str | None = None,
         ttl: int | None = None,
+        spec: InstanceSpec | None = None,
         interval: float | None = None,
         jitter: float = 0.2,
         deregister: bool = True,
+        strict_interval: bool = False,
     ) -> None:
-        """``ttl`` (seconds) is sent with every registration and health check; without
-        it the registry's default TTL applies. ``deregister=False`` leaves the
-        instance to expire by itself after :meth:`stop`.
+        """``ttl`` (seconds) and ``spec`` (the instance's id, status, tags, metadata,
+        weight) are sent with every registration and health check, so that a
+        registry that restarted empty learns them again; without ``ttl`` the
+        registry's default TTL applies. ``deregister=False`` leaves the instance
+        to expire by itself after :meth:`stop`. An ``interval`` not shorter than
+        the TTL the registry answers (its default TTL when no ``ttl`` is given)
+        is logged as a warning, or with ``strict_interval=True`` refused by
+        :meth:`start` (see there).
 
         Raises ValueError when ``interval`` is not shorter than ``ttl``, or
         ``jitter`` is not in ``[0, 1)``.
@@ -75,8 +82,10 @@ class Heartbeat:
         self.location = location
         self.version = version
         self.ttl = ttl
+        self.spec = spec
         self.jitter = jitter
         self.deregister = deregister
+        self.strict_interval = strict_interval
         self._interval = interval
         self._stop = threading.Event()
         self._stop_lock = threading.Lock()
@@ -113,7 +122,10 @@ class Heartbeat:
         """Register the instance and start the background thread; returns ``self``.
 
         With ``block=True`` the first registration happens here and its errors
-        raise (the thread is then not started). With ``block=False`` the thread
+        raise (the thread is then not started); with ``strict_interval=True``,
+        so does ValueError when the ``interval`` given is not shorter than the
+        TTL the registry answered (its default TTL when no ``ttl`` was given):
+        the instance is then deregistered again. With ``block=False`` the thread
         registers, retrying until the registry answers: use it for an app that
         may start before its registry.
         """
@@ -121,6 +133,14 @@ class Heartbeat:
             raise RuntimeError(f"{self!r} was already started (a Heartbeat runs once)")
         if block:
             self._beat(self.client.register)
+            too_long = self._interval_too_long()
+            if too_long and self.strict_interval:
+                self._stop.set()
+                with self._stop_lock:
+                    self._gone = self._deregister()
+                raise ValueError(too_long)
+            if too_long:
+                log.warning("%s", too_long)
         self._thread = threading.Thread(
             target=self._run,
             args=(not block,),
@@ -164,7 +184,11 @@ class Heartbeat:
         if not self.deregister or (self._thread is None and self.registration is None):
             return True
         try:
-            self.client.deregister(self.service_name, self.location, version=self.version)
+            instance_id = self._instance_id()
+            if instance_id is None:
+                self.client.deregister(self.service_name, self.location, version=self.version)
+            else:
+                self.client.deregister_instance(self.service_name, instance_id)
         except NotFound:
             return True  # expired already, or the registry restarted: gone either way
         except KeyardError as exc:
@@ -174,8 +198,32 @@ class Heartbeat:
         log.info("deregistered %s at %s", self.service_name, self.location)
         return True
 
+    def _interval_too_long(self) -> str | None:
+        """Why the given interval lets the instance expire between health checks, if it does.
+
+        Known once the registry has answered the TTL (its default, when none was given).
+        """
+        if self._interval is None or self.registration is None:
+            return None
+        if self._interval < self.registration.ttl:
+            return None
+        return (
+            f"interval ({self._interval:g} s) must be shorter than the ttl "
+            f"({self.registration.ttl} s, the registry's answer), "
+            "or the instance expires between health checks"
+        )
+
+    def _instance_id(self) -> str | None:
+        """This instance's id when known (given, or answered), to deregister it alone."""
+        if self.spec is not None and self.spec.instance_id is not None:
+            return self.spec.instance_id
+        record = self.registration.record if self.registration is not None else None
+        return record.instance_id if record is not None else None
+
     def _beat(self, send: Callable[..., Registration]) -> None:
-        registration = send(self.service_name, self.location, version=self.version, ttl=self.ttl)
+        registration = send(
+            self.service_name, self.location, version=self.version, ttl=self.ttl, spec=self.spec
+        )
         first = self.registration is None
         self.registration = registration
         self.beats += 1
@@ -187,13 +235,9 @@ class Heartbeat:
                 registration.location,
                 registration.ttl,
             )
-            if self._interval is not None and self._interval >= registration.ttl:
-                log.warning(
-                    "health checks every %g s are not shorter than the ttl (%d s): "
-                    "the instance will expire between them",
-                    self._interval,
-                    registration.ttl,
-                )
+            too_long = self._interval_too_long()
+            if too_long and threading.current_thread() is self._thread:
+                log.warning("%s", too_long)  # start(block=True) warns (or raises) itself
         elif registration.created:
             log.info(
                 "the registry had lost %s at %s: registered again",
