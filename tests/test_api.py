@@ -10,8 +10,8 @@ import falcon.testing
 import pytest
 import webtest
 
-from keyard.app import create_app
 from keyard.api.request_fields import MAX_BODY_BYTES
+from keyard.app import create_app
 from keyard.stores.memory import MemoryStore
 from tests.conftest import FakeClock
 

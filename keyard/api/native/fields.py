@@ -108,29 +108,26 @@ def _metadata(fields: Fields) -> dict[str, str] | None:
     if given and whole is not None:
         raise InvalidInput("give metadata either as one object or as metadata.KEY fields, not both")
     if given:
-        for key, value in given.items():
-            if not isinstance(value, str):
-                raise InvalidInput(
-                    f"metadata value of {key!r} must be a string, got {_short(value)}"
-                )
-        return given
+        return _strings(given)
     if whole is None:
         return None
     if whole == "":
         return {}
     if isinstance(whole, dict):
-        checked: dict[str, str] = {}
-        for key, value in whole.items():
-            if not isinstance(value, str):
-                raise InvalidInput(
-                    f"metadata value of {key!r} must be a string, got {_short(value)}"
-                )
-            checked[key] = value
-        return checked
+        return _strings(whole)
     raise InvalidInput(
         "metadata must be a JSON object of strings (or, in a form, metadata.KEY=VALUE fields), "
         f"got {_short(whole)}"
     )
+
+
+def _strings(metadata: Mapping[str, object]) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise InvalidInput(f"metadata value of {key!r} must be a string, got {_short(value)}")
+        checked[key] = value
+    return checked
 
 
 def _status(value: str) -> str:
