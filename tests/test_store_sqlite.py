@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
+from keyard.model import DEFAULT_NAMESPACE as NS
+from keyard.model import InstanceKey, derived_instance_id
 from keyard.stores import create_store
-from keyard.stores.base import Instance
-from keyard.stores.sqlite import PURGE_BATCH, SqliteStore
-from tests.store_contract import StoreContract, locations, make
+from keyard.stores.sqlite import PURGE_BATCH, TABLE, SqliteStore
+from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 
 
 class TestSqliteStore(StoreContract):
@@ -111,40 +112,76 @@ def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
     SqliteStore(db_path).close()
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        columns = [row[1] for row in db.execute("PRAGMA table_info(instances)")]
-        assert columns == [
+        info = db.execute(f"PRAGMA table_info({TABLE})").fetchall()
+        assert [row[1] for row in info] == [
+            "namespace",
             "service_name",
+            "instance_id",
             "version",
             "location",
+            "status",
+            "status_override",
+            "tags",
+            "metadata",
+            "weight",
             "ttl",
+            "registered_at",
+            "last_heartbeat_at",
             "expires_at",
             "replaced_expiry",
         ]
-        info = db.execute("PRAGMA table_info(instances)").fetchall()
+        types = {row[1]: row[2] for row in info}
+        assert {types[name] for name in ("registered_at", "last_heartbeat_at", "expires_at")} == {
+            "REAL"
+        }
         primary_key = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5]]
-        assert primary_key == ["service_name", "version", "location"]
-        indexes = {row[1] for row in db.execute("PRAGMA index_list(instances)")}
-        assert "instances_by_expiry" in indexes
+        assert primary_key == ["namespace", "service_name", "instance_id"]
+        indexes = {row[1] for row in db.execute(f"PRAGMA index_list({TABLE})")}
+        assert {f"{TABLE}_by_expiry", f"{TABLE}_by_version"} <= indexes
+        by_version = [row[2] for row in db.execute(f"PRAGMA index_info({TABLE}_by_version)")]
+        assert by_version == ["namespace", "service_name", "version", "location"]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {TABLE}, "no table of keyard 0.2.0 is made"
+
+
+def test_tags_and_metadata_are_kept_as_json_text(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    try:
+        store.put(make(location="a", tags=("x", "ü"), metadata={"k": "服"}))
+        store.put(make(location="b"))
+    finally:
+        store.close()
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(f"SELECT tags, metadata FROM {TABLE} ORDER BY location").fetchall()
+    assert rows == [('["x","ü"]', '{"k":"服"}'), ("[]", "{}")]
+
+
+_KEY_PARAMETERS = {"namespace": NS, "service_name": "svc-1", "instance_id": "x", "now": 0.0}
 
 
 @pytest.mark.parametrize(
     ("query", "parameters"),
     [
-        ("_GET", ("web", "1.0", "a", 0.0)),
-        ("_LOOKUP_SERVICE", ("web", 0.0)),
-        ("_LOOKUP_VERSION", ("web", "1.0", 0.0)),
-        ("_DELETE", ("web", "1.0", "a")),
-        ("_PURGE", (0.0, 10)),
+        ("_GET", _KEY_PARAMETERS),
+        ("_LOOKUP_SERVICE", {"namespace": NS, "service_name": "svc-1", "now": 0.0}),
+        (
+            "_LOOKUP_VERSION",
+            {"namespace": NS, "service_name": "svc-1", "version": "1.0", "now": 0.0},
+        ),
+        ("_SERVICES", {"namespace": NS, "now": 0.0}),
+        ("_DELETE", _KEY_PARAMETERS),
+        ("_SET_OVERRIDE", {**_KEY_PARAMETERS, "status_override": "DOWN"}),
+        ("_PURGE", {"now": 0.0, "batch": 10}),
     ],
 )
 def test_every_query_searches_an_index_and_never_scans_the_table(
-    db_path: Path, query: str, parameters: tuple
+    db_path: Path, query: str, parameters: dict
 ) -> None:
     from keyard.stores import sqlite as module
 
     store = SqliteStore(db_path)
     for n in range(300):  # enough rows, and statistics, for the planner to choose for real
-        store.register(make(service=f"svc-{n % 30}", location=f"loc-{n}"))
+        store.put(make(service=f"svc-{n % 30}", location=f"loc-{n}", version=f"{n % 3}.0"))
     store.close()
     with sqlite3.connect(db_path) as db:
         db.execute("ANALYZE")
@@ -152,27 +189,29 @@ def test_every_query_searches_an_index_and_never_scans_the_table(
         plan = [row[3] for row in explained]
     assert plan and all(not step.startswith("SCAN") for step in plan), plan
     assert any(step.startswith("SEARCH") for step in plan), plan
-    if query.startswith("_LOOKUP") or query == "_GET":
-        # The primary key of (service, version, location), not the expiry index.
-        assert not any("instances_by_expiry" in step for step in plan), plan
-        assert not any("TEMP B-TREE" in step for step in plan), plan  # ordered by the key
+    if query != "_PURGE":
+        assert not any("_by_expiry" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan  # read in answer order
+    if query.startswith("_LOOKUP"):
+        assert any(f"{TABLE}_by_version" in step for step in plan), plan
     if query == "_PURGE":
-        assert any("instances_by_expiry" in step for step in plan), plan
+        assert any(f"{TABLE}_by_expiry" in step for step in plan), plan
 
 
 def test_expired_rows_are_purged_by_writes_in_bounded_batches(db_path: Path) -> None:
     store = SqliteStore(db_path, purge_interval=0)
     try:
         for n in range(PURGE_BATCH + 100):
-            store.register(Instance("old", "1.0", f"loc-{n}", 10, 1000.0 + 10))
+            store.put(make("old", location=f"loc-{n}", ttl=10, now=1000.0))
         assert len(store) == PURGE_BATCH + 100
-        store.lookup("old", None, now=5000.0)
+        store.lookup(NS, "old", None, now=5000.0)
+        store.services(NS, now=5000.0)
         assert len(store) == PURGE_BATCH + 100, "lookups only read"
-        store.register(Instance("new", "1.0", "a", 10, 5000.0 + 10))
+        store.put(make("new", location="a", ttl=10, now=5000.0))
         assert len(store) == 100 + 1, "one write purges one batch"
-        store.deregister("new", "1.0", "nothing-here", now=5000.0)
+        store.deregister(InstanceKey(NS, "new", "nothing-here"), now=5000.0)
         assert len(store) == 1
-        assert locations(store.lookup("new", None, now=5000.0)) == ["a"]
+        assert locations(store.lookup(NS, "new", None, now=5000.0)) == ["a"]
     finally:
         store.close()
 
@@ -180,10 +219,10 @@ def test_expired_rows_are_purged_by_writes_in_bounded_batches(db_path: Path) -> 
 def test_purging_waits_for_the_purge_interval(db_path: Path) -> None:
     store = SqliteStore(db_path, purge_interval=3600)
     try:
-        store.register(Instance("web", "1.0", "first", 10, 1000.0 + 10))  # purges (nothing)
-        store.register(Instance("web", "1.0", "second", 10, 5000.0 + 10))  # too soon to purge
+        store.put(make(location="first", ttl=10, now=1000.0))  # purges (nothing)
+        store.put(make(location="second", ttl=10, now=5000.0))  # too soon to purge
         assert len(store) == 2
-        assert locations(store.lookup("web", None, now=5000.0)) == ["second"]
+        assert locations(store.lookup(NS, "web", None, now=5000.0)) == ["second"]
     finally:
         store.close()
 
@@ -193,8 +232,8 @@ def test_lookup_orders_by_code_point_not_by_locale(db_path: Path) -> None:
     try:
         names = ["b", "B", "a", "é", "e", "z", "Z", "服", "🚀", "ﬀ", "a b", "a\x00b", "~"]
         for name in names:
-            store.register(make(location=name))
-        assert locations(store.lookup("web", "1.0", time.time())) == sorted(names)
+            store.put(make(location=name))
+        assert locations(store.lookup(NS, "web", "1.0", time.time())) == sorted(names)
     finally:
         store.close()
 
@@ -203,8 +242,8 @@ def test_text_that_is_not_valid_unicode_is_refused_as_invalid_input(db_path: Pat
     store = SqliteStore(db_path)
     try:
         with pytest.raises(InvalidInput, match="not valid Unicode"):
-            store.register(make(location="\ud800"))
-        assert store.register(make(location="fine")) is True
+            store.put(make(location="\ud800"))
+        assert store.put(make(location="fine"))[1] is True
     finally:
         store.close()
 
@@ -214,12 +253,12 @@ def test_text_that_is_not_valid_unicode_is_refused_as_invalid_input(db_path: Pat
 
 def test_registrations_survive_reopening_the_database(db_path: Path) -> None:
     store = SqliteStore(db_path)
-    store.register(make(location="a", ttl=300))
+    store.put(make(location="a", ttl=300))
     store.close()
     reopened = SqliteStore(db_path)
     try:
-        assert locations(reopened.lookup("web", None, time.time())) == ["a"]
-        assert reopened.register(make(location="a")) is False
+        assert locations(reopened.lookup(NS, "web", None, time.time())) == ["a"]
+        assert reopened.put(make(location="a"))[1] is False
     finally:
         reopened.close()
 
@@ -228,20 +267,20 @@ def test_a_write_locked_beyond_the_timeout_is_store_unavailable_then_recovers(
     db_path: Path,
 ) -> None:
     store = SqliteStore(db_path, timeout=0.3)
-    store.register(make(location="before"))
+    store.put(make(location="before"))
     blocker = sqlite3.connect(db_path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="database is locked") as caught:
-            store.register(make(location="during"))
+            store.put(make(location="during"))
         assert 0.25 <= time.monotonic() - started < 2.0
         assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
         # WAL: reads go on while another process holds the write lock.
-        assert locations(store.lookup("web", None, time.time())) == ["before"]
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["before"]
         blocker.execute("COMMIT")
-        assert store.register(make(location="after")) is True
-        assert locations(store.lookup("web", None, time.time())) == ["after", "before"]
+        assert store.put(make(location="after"))[1] is True
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["after", "before"]
     finally:
         blocker.close()
         store.close()
@@ -251,7 +290,7 @@ def test_a_lost_database_directory_is_store_unavailable_then_recovers(tmp_path: 
     directory = tmp_path / "data"
     store = SqliteStore(directory / "registry.db")
     try:
-        store.register(make(location="a"))
+        store.put(make(location="a"))
         store.close()  # drop open connections, as if served by a new worker thread
         store = SqliteStore(directory / "registry.db")
         for child in directory.iterdir():
@@ -259,13 +298,13 @@ def test_a_lost_database_directory_is_store_unavailable_then_recovers(tmp_path: 
         directory.rmdir()
         directory.write_text("the directory is now a file")
         with pytest.raises(StoreUnavailable, match="unable to open database file"):
-            store.lookup("web", None, time.time())
+            store.lookup(NS, "web", None, time.time())
         with pytest.raises(StoreUnavailable):
-            store.register(make(location="b"))
+            store.put(make(location="b"))
         directory.unlink()
         directory.mkdir()
-        assert store.register(make(location="b")) is True
-        assert locations(store.lookup("web", None, time.time())) == ["b"]
+        assert store.put(make(location="b"))[1] is True
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["b"]
     finally:
         store.close()
 
@@ -281,11 +320,11 @@ def test_a_database_deleted_or_replaced_while_in_use_is_store_unavailable_never_
     store = SqliteStore(path)
     errors: list[BaseException] = []
     try:
-        store.register(make(location="before"))
+        store.put(make(location="before"))
 
         def in_another_thread() -> None:
             try:
-                store.register(make(location="thread"))
+                store.put(make(location="thread"))
             except BaseException as exc:  # noqa: BLE001 - checked below
                 errors.append(exc)
 
@@ -299,14 +338,14 @@ def test_a_database_deleted_or_replaced_while_in_use_is_store_unavailable_never_
             path.unlink()
         else:
             replacement = SqliteStore(tmp_path / "new.db")
-            replacement.register(make(location="new"))
+            replacement.put(make(location="new"))
             replacement.close()
             os.replace(tmp_path / "new.db", path)
         for call in (
-            lambda: store.register(make(location="after")),
-            lambda: store.lookup("web", None, time.time()),
-            lambda: store.get("web", "1.0", "before", time.time()),
-            lambda: store.deregister("web", "1.0", "before", time.time()),
+            lambda: store.put(make(location="after")),
+            lambda: store.lookup(NS, "web", None, time.time()),
+            lambda: store.get(make(location="before").key, time.time()),
+            lambda: store.deregister(make(location="before").key, time.time()),
         ):
             with pytest.raises(StoreUnavailable, match="deleted or replaced .* restart keyard"):
                 call()
@@ -319,7 +358,7 @@ def test_a_database_deleted_or_replaced_while_in_use_is_store_unavailable_never_
         store.close()
     restarted = SqliteStore(path)  # a restart serves again, on the file now at the path
     try:
-        assert restarted.register(make(location="after")) is True
+        assert restarted.put(make(location="after"))[1] is True
     finally:
         restarted.close()
 
@@ -378,11 +417,11 @@ def test_a_process_keeps_one_reading_and_one_writing_connection_for_all_its_thre
 ) -> None:
     store = SqliteStore(db_path)
     try:
-        store.register(make(location="main"))
+        store.put(make(location="main"))
 
         def work(n: int) -> None:
-            store.lookup("web", None, time.time())
-            store.register(make(location=f"thread-{n}"))
+            store.lookup(NS, "web", None, time.time())
+            store.put(make(location=f"thread-{n}"))
 
         threads = [threading.Thread(target=work, args=(n,)) for n in range(5)]
         for thread in threads:
@@ -390,7 +429,7 @@ def test_a_process_keeps_one_reading_and_one_writing_connection_for_all_its_thre
         for thread in threads:
             thread.join()
         assert len(store._connections) == 2
-        assert len(store.lookup("web", None, time.time())) == 6
+        assert len(store.lookup(NS, "web", None, time.time())) == 6
     finally:
         store.close()
     assert store._connections == []
@@ -398,8 +437,8 @@ def test_a_process_keeps_one_reading_and_one_writing_connection_for_all_its_thre
 
 def _register_many(path: str, worker: int, count: int, results: multiprocessing.Queue) -> None:
     store = SqliteStore(path)
-    created = [store.register(make(location=f"{n}")) for n in range(count)]
-    store.register(make(location=f"only-{worker}"))
+    created = [store.put(make(location=f"{n}"))[1] for n in range(count)]
+    store.put(make(location=f"only-{worker}"))
     store.close()
     results.put(created)
 
@@ -423,7 +462,7 @@ def test_register_is_atomic_across_processes(db_path: Path) -> None:
     assert [sum(outcome[n] for outcome in outcomes) for n in range(count)] == [1] * count
     store = SqliteStore(db_path)
     try:
-        found = locations(store.lookup("web", None, time.time()))
+        found = locations(store.lookup(NS, "web", None, time.time()))
         expected = [str(n) for n in range(count)] + [f"only-{w}" for w in range(processes)]
         assert sorted(found) == sorted(expected)
     finally:
@@ -437,18 +476,18 @@ def test_a_cached_lookup_sees_every_write_of_another_connection_at_once(db_path:
     reader, writer = SqliteStore(db_path), SqliteStore(db_path)
     try:
         now = time.time()
-        writer.register(make(location="a", now=now))
-        assert locations(reader.lookup("web", "1.0", now)) == ["a"]
-        assert locations(reader.lookup("web", "1.0", now)) == ["a"]  # answered from the cache
-        writer.register(make(location="b", now=now))
-        assert locations(reader.lookup("web", "1.0", now)) == ["a", "b"]
-        writer.refresh(make(location="a", ttl=5, now=now + 1))
-        assert [i.expires_at for i in reader.lookup("web", "1.0", now + 1)] == [
+        writer.put(make(location="a", now=now))
+        assert locations(reader.lookup(NS, "web", "1.0", now)) == ["a"]
+        assert locations(reader.lookup(NS, "web", "1.0", now)) == ["a"]  # answered from the cache
+        writer.put(make(location="b", now=now))
+        assert locations(reader.lookup(NS, "web", "1.0", now)) == ["a", "b"]
+        writer.put(make(location="a", ttl=5, now=now + 1), KEEP_ALL)
+        assert [i.expires_at for i in reader.lookup(NS, "web", "1.0", now + 1)] == [
             now + 1 + 30,
             now + 30,
         ]
-        assert writer.deregister("web", "1.0", "a", now + 1)
-        assert locations(reader.lookup("web", None, now + 1)) == ["b"]
+        assert writer.deregister(make(location="a").key, now + 1) is not None
+        assert locations(reader.lookup(NS, "web", None, now + 1)) == ["b"]
     finally:
         reader.close()
         writer.close()
@@ -458,15 +497,15 @@ def test_a_cached_lookup_sees_its_own_writes_and_other_threads_writes(db_path: P
     store = SqliteStore(db_path)
     try:
         now = time.time()
-        assert store.lookup("web", "1.0", now) == []
-        store.register(make(location="a", now=now))
-        assert locations(store.lookup("web", "1.0", now)) == ["a"]
-        thread = threading.Thread(target=store.register, args=(make(location="b", now=now),))
+        assert store.lookup(NS, "web", "1.0", now) == []
+        store.put(make(location="a", now=now))
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["a"]
+        thread = threading.Thread(target=store.put, args=(make(location="b", now=now),))
         thread.start()
         thread.join()
-        assert locations(store.lookup("web", "1.0", now)) == ["a", "b"]
-        store.deregister("web", "1.0", "a", now)
-        assert locations(store.lookup("web", "1.0", now)) == ["b"]
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["a", "b"]
+        store.deregister(make(location="a").key, now)
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["b"]
     finally:
         store.close()
 
@@ -477,13 +516,13 @@ def test_a_cached_lookup_drops_what_expires_and_keeps_what_an_earlier_now_sees(
     store = SqliteStore(db_path)
     try:
         now = time.time()
-        store.register(make(location="short", ttl=5, now=now))
-        store.register(make(location="long", ttl=60, now=now))
-        assert locations(store.lookup("web", "1.0", now)) == ["long", "short"]
-        assert locations(store.lookup("web", "1.0", now + 10)) == ["long"]
+        store.put(make(location="short", ttl=5, now=now))
+        store.put(make(location="long", ttl=60, now=now))
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["long", "short"]
+        assert locations(store.lookup(NS, "web", "1.0", now + 10)) == ["long"]
         # A clock that steps back must not be answered from what was read later.
-        assert locations(store.lookup("web", "1.0", now + 1)) == ["long", "short"]
-        assert store.lookup("web", "1.0", now + 61) == []
+        assert locations(store.lookup(NS, "web", "1.0", now + 1)) == ["long", "short"]
+        assert store.lookup(NS, "web", "1.0", now + 61) == []
     finally:
         store.close()
 
@@ -491,7 +530,7 @@ def test_a_cached_lookup_drops_what_expires_and_keeps_what_an_earlier_now_sees(
 def _register_one(path: str, location: str) -> None:
     store = SqliteStore(path)
     try:
-        store.register(make(location=location, now=time.time()))
+        store.put(make(location=location, now=time.time()))
     finally:
         store.close()
 
@@ -500,18 +539,20 @@ def test_a_cached_lookup_sees_a_write_of_another_process_at_once(db_path: Path) 
     store = SqliteStore(db_path)
     context = multiprocessing.get_context("spawn")
     try:
-        assert store.lookup("web", "1.0", time.time()) == []
+        assert store.lookup(NS, "web", "1.0", time.time()) == []
         for location in ("a", "b"):
             writer = context.Process(target=_register_one, args=(str(db_path), location))
             writer.start()
             writer.join(timeout=60)
             assert writer.exitcode == 0
-            assert location in locations(store.lookup("web", "1.0", time.time()))
+            assert location in locations(store.lookup(NS, "web", "1.0", time.time()))
     finally:
         store.close()
 
 
-def test_a_database_made_before_the_replaced_expiry_column_is_upgraded(db_path: Path) -> None:
+def test_a_database_made_before_0_2_0_had_the_replaced_expiry_column_is_upgraded(
+    db_path: Path,
+) -> None:
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as db:
         db.execute(
@@ -524,11 +565,13 @@ def test_a_database_made_before_the_replaced_expiry_column_is_upgraded(db_path: 
     store = SqliteStore(db_path)
     try:
         now = time.time()
-        assert locations(store.lookup("web", "1.0", now)) == ["old"]
-        refreshed, new = store.refresh(make(location="old", ttl=5, now=now))
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["old"]
+        old_id = derived_instance_id("1.0", "old")
+        heartbeat = make(location="old", ttl=5, now=now, instance_id=old_id)
+        refreshed, new = store.put(heartbeat, KEEP_ALL)
         assert (refreshed.ttl, new) == (60, False)
-        assert store.register(make(location="fresh", now=now)) is True
-        assert locations(store.lookup("web", "1.0", now)) == ["fresh", "old"]
+        assert store.put(make(location="fresh", now=now))[1] is True
+        assert locations(store.lookup(NS, "web", "1.0", now)) == ["fresh", "old"]
     finally:
         store.close()
 
@@ -541,7 +584,7 @@ def test_a_background_thread_checkpoints_the_log_and_stops_with_the_store(db_pat
         empty = db_path.stat().st_size
         now = time.time()
         for n in range(200):  # some 20 pages of the log: far below a write's own checkpoint
-            store.register(make(service=f"svc-{n}", location="x" * 300, now=now))
+            store.put(make(service=f"svc-{n}", location="x" * 300, now=now))
         assert store._checkpointer is not None
         thread = store._checkpointer._thread
         assert thread.is_alive() and thread.daemon and thread.name == "keyard-sqlite-checkpoint"

@@ -9,11 +9,15 @@ process's cache of answers while ``PRAGMA data_version`` says that no connection
 has changed the database since. The registry survives a restart of keyard. The
 file must be on a local disk: WAL needs shared memory, which network file systems
 do not give.
+
+A database written by keyard 0.2.0 (table ``instances``) is upgraded when the
+store opens: see :func:`_upgrade_0_2_0`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -24,69 +28,156 @@ from pathlib import Path
 from typing import Any
 
 from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
+from keyard.model import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_WEIGHT,
+    UP,
+    Instance,
+    InstanceKey,
+    Metadata,
+    ServiceSummary,
+    derived_instance_id,
+)
 from keyard.stores import options as opt
-from keyard.stores.base import Instance, Store
+from keyard.stores.base import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "./keyard-data/registry.db"
 DEFAULT_TIMEOUT = 5.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    service_name TEXT NOT NULL,
-    version      TEXT NOT NULL,
-    location     TEXT NOT NULL,
-    ttl          INTEGER NOT NULL,
-    expires_at   REAL NOT NULL,
-    replaced_expiry REAL,
-    PRIMARY KEY (service_name, version, location)
+TABLE = "instance_records"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    namespace         TEXT NOT NULL,
+    service_name      TEXT NOT NULL,
+    instance_id       TEXT NOT NULL,
+    version           TEXT NOT NULL,
+    location          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    status_override   TEXT,
+    tags              TEXT NOT NULL,
+    metadata          TEXT NOT NULL,
+    weight            INTEGER NOT NULL,
+    ttl               INTEGER NOT NULL,
+    registered_at     REAL NOT NULL,
+    last_heartbeat_at REAL NOT NULL,
+    expires_at        REAL NOT NULL,
+    replaced_expiry   REAL,
+    PRIMARY KEY (namespace, service_name, instance_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS instances_by_expiry ON instances (expires_at);
+CREATE INDEX IF NOT EXISTS {TABLE}_by_expiry ON {TABLE} (expires_at);
+CREATE INDEX IF NOT EXISTS {TABLE}_by_version
+    ON {TABLE} (namespace, service_name, version, location);
 """
-# ``replaced_expiry``: the expiry a write replaced (NULL for a row inserted anew), so
-# that one statement both writes a row and tells whether a live one was there. A
-# database made before the column existed gets it at start-up.
-_ADD_REPLACED_EXPIRY = "ALTER TABLE instances ADD COLUMN replaced_expiry REAL"
+# ``tags`` is a JSON array of strings, ``metadata`` a JSON object of strings; times are
+# Unix seconds. ``replaced_expiry``: the expiry a write replaced (NULL for a row
+# inserted anew), so that one statement both writes a row and tells whether a live one
+# was there. The secondary index of a WITHOUT ROWID table ends with the primary key's
+# other columns, so ``_by_version`` is ordered by (version, location, instance_id)
+# within a service: lookups read it in their answer's order.
 
-_COLUMNS = "service_name, version, location, ttl, expires_at"
-# The unary ``+`` keeps the planner on the primary key (service, version, location)
-# rather than tempting it to range-scan the expiry index across all services.
-_GET = f"""SELECT {_COLUMNS} FROM instances
-    WHERE service_name = ? AND version = ? AND location = ? AND +expires_at > ?"""
-_LOOKUP_SERVICE = f"""SELECT {_COLUMNS} FROM instances
-    WHERE service_name = ? AND +expires_at > ? ORDER BY version, location"""
-_LOOKUP_VERSION = f"""SELECT {_COLUMNS} FROM instances
-    WHERE service_name = ? AND version = ? AND +expires_at > ? ORDER BY version, location"""
+#: The columns a record is written and read as, in the order :func:`_record` names them.
+_COLUMNS = (
+    "namespace",
+    "service_name",
+    "instance_id",
+    "version",
+    "location",
+    "status",
+    "status_override",
+    "tags",
+    "metadata",
+    "weight",
+    "ttl",
+    "registered_at",
+    "last_heartbeat_at",
+    "expires_at",
+)
+_FIELDS = ", ".join(_COLUMNS)
+_KEY = "namespace = :namespace AND service_name = :service_name AND instance_id = :instance_id"
+# The unary ``+`` keeps the planner off the expiry index, which would range-scan every
+# service's rows.
+_GET = f"SELECT {_FIELDS} FROM {TABLE} WHERE {_KEY} AND +expires_at > :now"
+_LOOKUP_SERVICE = f"""SELECT {_FIELDS} FROM {TABLE} INDEXED BY {TABLE}_by_version
+    WHERE namespace = :namespace AND service_name = :service_name AND +expires_at > :now
+    ORDER BY version, location, instance_id"""
+_LOOKUP_VERSION = f"""SELECT {_FIELDS} FROM {TABLE} INDEXED BY {TABLE}_by_version
+    WHERE namespace = :namespace AND service_name = :service_name AND version = :version
+        AND +expires_at > :now
+    ORDER BY version, location, instance_id"""
+_SERVICES = f"""SELECT service_name, count(*) AS instances,
+        sum(coalesce(status_override, status) = '{UP}') AS up
+    FROM {TABLE} WHERE namespace = :namespace AND +expires_at > :now
+    GROUP BY service_name ORDER BY service_name"""
 # A write is one statement, so the database's write lock is held only inside one call
 # into SQLite, never while this thread waits for Python's GIL between statements (with
-# several threads and processes writing, that wait held up every other writer). In the
-# update, ``expires_at`` and ``ttl`` are the row's values before the write.
-_UPSERT = f"""INSERT INTO instances ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)
-    ON CONFLICT (service_name, version, location) DO UPDATE SET
-        ttl = excluded.ttl, expires_at = excluded.expires_at, replaced_expiry = expires_at
-    RETURNING ttl, expires_at, replaced_expiry"""
-# The health check: a live row keeps its ttl and is extended by it from now (?6).
-_REFRESH = f"""INSERT INTO instances ({_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)
-    ON CONFLICT (service_name, version, location) DO UPDATE SET
-        ttl = CASE WHEN expires_at > ?6 THEN ttl ELSE excluded.ttl END,
-        expires_at = CASE WHEN expires_at > ?6 THEN ?6 + ttl ELSE excluded.expires_at END,
+# several threads and processes writing, that wait held up every other writer). On the
+# right of the update's SET, bare column names are the row's values before the write;
+# the row is live when its expiry is after the new heartbeat (the write's "now").
+_LIVE = "expires_at > excluded.last_heartbeat_at"
+_PUT = f"""INSERT INTO {TABLE} ({_FIELDS}) VALUES ({", ".join(":" + c for c in _COLUMNS)})
+    ON CONFLICT (namespace, service_name, instance_id) DO UPDATE SET
+        version = excluded.version,
+        location = excluded.location,
+        status = CASE WHEN {_LIVE} AND :keep_status THEN status ELSE excluded.status END,
+        status_override = CASE WHEN {_LIVE} THEN status_override
+            ELSE excluded.status_override END,
+        tags = CASE WHEN {_LIVE} AND :keep_tags THEN tags ELSE excluded.tags END,
+        metadata = CASE WHEN {_LIVE} AND :keep_metadata THEN metadata
+            ELSE excluded.metadata END,
+        weight = CASE WHEN {_LIVE} AND :keep_weight THEN weight ELSE excluded.weight END,
+        ttl = CASE WHEN {_LIVE} AND :keep_ttl THEN ttl ELSE excluded.ttl END,
+        registered_at = CASE WHEN {_LIVE} THEN registered_at ELSE excluded.registered_at END,
+        last_heartbeat_at = excluded.last_heartbeat_at,
+        expires_at = CASE WHEN {_LIVE} AND :keep_ttl THEN excluded.last_heartbeat_at + ttl
+            ELSE excluded.expires_at END,
         replaced_expiry = expires_at
-    RETURNING ttl, expires_at, replaced_expiry"""
-_DELETE = """DELETE FROM instances WHERE service_name = ? AND version = ? AND location = ?
-    RETURNING expires_at"""
+    RETURNING status, status_override, tags, metadata, weight, ttl, registered_at,
+        expires_at, replaced_expiry"""
+_DELETE = f"DELETE FROM {TABLE} WHERE {_KEY} RETURNING {_FIELDS}"
+_SET_OVERRIDE = f"""UPDATE {TABLE} SET status_override = :status_override
+    WHERE {_KEY} AND +expires_at > :now RETURNING {_FIELDS}"""
 _DATA_VERSION = "PRAGMA data_version"
 # Proves at start-up that the file can be written to (a read-only file opens and reads
 # fine); always rolled back. The empty key is one the registry never stores.
-_WRITE_PROBE = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ('', '', '', 0, 0)"
+_WRITE_PROBE = f"""INSERT OR REPLACE INTO {TABLE} (namespace, service_name, instance_id,
+        version, location, status, tags, metadata, weight, ttl, registered_at,
+        last_heartbeat_at, expires_at)
+    VALUES ('', '', '', '', '', '', '[]', '{{}}', 0, 0, 0, 0, 0)"""
 # Bounded: at most PURGE_BATCH expired rows per write, found through the expiry index.
-_PURGE = """DELETE FROM instances WHERE (service_name, version, location) IN (
-    SELECT service_name, version, location FROM instances WHERE expires_at <= ? LIMIT ?)"""
+_PURGE = f"""DELETE FROM {TABLE} WHERE (namespace, service_name, instance_id) IN (
+    SELECT namespace, service_name, instance_id FROM {TABLE}
+    WHERE expires_at <= :now LIMIT :batch)"""
+
+# -- keyard 0.2.0's table, read once by the upgrade ----------------------------------
+
+OLD_TABLE = "instances"
+_HAS_OLD_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"
+# 0.2.0 kept (service_name, version, location, ttl, expires_at); its live rows become
+# records with the defaults of an instance registered without the new fields.
+_COPY_OLD_ROWS = f"""INSERT INTO {TABLE} (namespace, service_name, instance_id, version,
+        location, status, status_override, tags, metadata, weight, ttl, registered_at,
+        last_heartbeat_at, expires_at)
+    SELECT :namespace, service_name, keyard_derived_instance_id(version, location), version,
+        location, :status, NULL, '[]', '{{}}', :weight, ttl, expires_at - ttl,
+        expires_at - ttl, expires_at
+    FROM {OLD_TABLE} WHERE expires_at > :now
+    ON CONFLICT (namespace, service_name, instance_id) DO NOTHING"""
+_DROP_OLD_TABLE = f"DROP TABLE {OLD_TABLE}"
+#: How long, at least, an opening store waits for another process's write lock to
+#: upgrade the database (another keyard process may be upgrading it at that moment).
+UPGRADE_WAIT = 30.0
 
 #: How many expired rows one purge deletes at most.
 PURGE_BATCH = 500
 #: How many lookup answers a process's cache holds at most (then it starts again).
 CACHED_ANSWERS = 4096
+#: How many distinct tags and metadata texts a process keeps decoded (then it starts again).
+DECODED_TEXTS = 4096
+#: Seconds between two looks (one ``stat``) by a process's reads at whether its database
+#: file is still the one it opened; every write looks first.
+FILE_CHECK_INTERVAL = 0.25
 
 
 #: The writing connection's page cache at most, in KiB: health checks touch pages
@@ -104,6 +195,164 @@ CHECKPOINT_INTERVAL = 1.0
 #: The log's length in pages past which a write checkpoints it itself: the safety net,
 #: should the background thread fall behind (10,000 pages: about 40 MiB).
 WRITER_CHECKPOINT_PAGES = 10_000
+
+
+# -- tags and metadata as JSON text ---------------------------------------------------
+
+_NO_TAGS = "[]"
+_NO_METADATA = "{}"
+_decoded_tags: dict[str, tuple[str, ...]] = {}
+_decoded_metadata: dict[str, Metadata] = {}
+
+
+def _tags_text(tags: tuple[str, ...]) -> str:
+    return json.dumps(tags, ensure_ascii=False, separators=(",", ":")) if tags else _NO_TAGS
+
+
+def _metadata_text(metadata: Metadata) -> str:
+    if not metadata:
+        return _NO_METADATA
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+
+
+def _tags(text: str) -> tuple[str, ...]:
+    """The tags of a row's text; the same text decodes to the same (immutable) tuple."""
+    if text == _NO_TAGS:
+        return ()
+    tags = _decoded_tags.get(text)
+    if tags is None:
+        if len(_decoded_tags) >= DECODED_TEXTS:
+            _decoded_tags.clear()
+        tags = _decoded_tags[text] = tuple(json.loads(text))
+    return tags
+
+
+def _metadata(text: str) -> Metadata:
+    """The metadata of a row's text; records share it, as a record's metadata is never mutated."""
+    if text == _NO_METADATA:
+        return {}
+    metadata = _decoded_metadata.get(text)
+    if metadata is None:
+        if len(_decoded_metadata) >= DECODED_TEXTS:
+            _decoded_metadata.clear()
+        metadata = _decoded_metadata[text] = json.loads(text)
+    return metadata
+
+
+def _record(row: tuple[Any, ...]) -> Instance:
+    """The record of a row selected as ``_FIELDS``, each column bound to its field by name."""
+    (
+        namespace,
+        service_name,
+        instance_id,
+        version,
+        location,
+        status,
+        status_override,
+        tags,
+        metadata,
+        weight,
+        ttl,
+        registered_at,
+        last_heartbeat_at,
+        expires_at,
+    ) = row
+    return Instance(
+        namespace=namespace,
+        service_name=service_name,
+        instance_id=instance_id,
+        version=version,
+        location=location,
+        status=status,
+        status_override=status_override,
+        tags=_tags(tags),
+        metadata=_metadata(metadata),
+        weight=weight,
+        ttl=ttl,
+        registered_at=registered_at,
+        last_heartbeat_at=last_heartbeat_at,
+        expires_at=expires_at,
+    )
+
+
+def _key_parameters(key: InstanceKey, now: float) -> dict[str, Any]:
+    return {
+        "namespace": key.namespace,
+        "service_name": key.service_name,
+        "instance_id": key.instance_id,
+        "now": now,
+    }
+
+
+def _upgrade_0_2_0(connection: sqlite3.Connection, now: float, wait: float) -> int:
+    """Move the live rows of keyard 0.2.0's table into the records table; how many were moved.
+
+    In one write transaction (``BEGIN IMMEDIATE``): the first process to take the
+    write lock copies the rows live at ``now`` and drops the old table; any other
+    process opening the store at the same time waits for the lock (up to ``wait``
+    seconds), then finds no old table and moves nothing. Expired rows are dropped
+    with the table. A database without the old table costs one read.
+    """
+    if connection.execute(_HAS_OLD_TABLE, {"name": OLD_TABLE}).fetchone() is None:
+        return 0
+    connection.create_function(
+        "keyard_derived_instance_id", 2, derived_instance_id, deterministic=True
+    )
+    previous_wait = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    connection.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {int(previous_wait)}")
+    try:
+        if connection.execute(_HAS_OLD_TABLE, {"name": OLD_TABLE}).fetchone() is None:
+            moved = 0  # another process upgraded it meanwhile
+        else:
+            moved = connection.execute(
+                _COPY_OLD_ROWS,
+                {"namespace": DEFAULT_NAMESPACE, "status": UP, "weight": DEFAULT_WEIGHT,
+                 "now": now},
+            ).rowcount
+            connection.execute(_DROP_OLD_TABLE)
+        connection.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        raise
+    if moved:
+        log.info("sqlite store: upgraded %d live instance(s) of keyard 0.2.0's table", moved)
+    return moved
+
+
+def _why_unopenable(path: Path) -> str | None:
+    """What in the file system keeps ``path`` from holding a database, if anything visible.
+
+    SQLite says only "unable to open database file"; this names the part of the
+    path to change.
+    """
+    for ancestor in path.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                return (
+                    f"{str(ancestor)!r} is a file, not a directory; choose another path "
+                    "or move that file away"
+                )
+            break
+    parent = path.parent
+    if path.is_dir():
+        return f"{str(path)!r} is a directory; name a file in it, such as registry.db"
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        return (
+            f"permission denied: keyard cannot create files in the directory {str(parent)!r} "
+            "(the database and its -wal and -shm files live there); make it writable by "
+            "the user keyard runs as, or choose another path"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"permission denied: keyard cannot read and write the file {str(path)!r}; make "
+            "it readable and writable by the user keyard runs as"
+        )
+    return None
 
 
 class _Checkpointer:
@@ -144,6 +393,9 @@ class _Checkpointer:
             self._thread.join(timeout=10)
 
 
+_AnswerKey = tuple[str, str, "str | None"]  # (namespace, service_name, version)
+
+
 class _Answers:
     """The reading connection's cached lookup answers, good while the database is unchanged.
 
@@ -158,12 +410,12 @@ class _Answers:
     def __init__(self) -> None:
         self.stamp: int | None = None
         self.latest_read = float("-inf")
-        self.answers: dict[tuple[str, str | None], list[Instance]] = {}
+        self.answers: dict[_AnswerKey, list[Instance]] = {}
 
     def reset(self, stamp: int) -> None:
         self.stamp, self.latest_read, self.answers = stamp, float("-inf"), {}
 
-    def keep(self, key: tuple[str, str | None], found: list[Instance], now: float) -> None:
+    def keep(self, key: _AnswerKey, found: list[Instance], now: float) -> None:
         if len(self.answers) >= CACHED_ANSWERS:
             self.answers = {}
         self.answers[key] = found
@@ -186,15 +438,17 @@ class _Slot:
 
 
 class SqliteStore(Store):
-    """Instances in one SQLite table keyed by (service_name, version, location).
+    """Records in one SQLite table keyed by (namespace, service_name, instance_id).
 
-    Lookups read the primary-key b-tree range of one service (or service and
-    version); expired rows are skipped by the query and deleted through the index
-    on ``expires_at`` by writes, at most every ``purge_interval`` seconds and
+    Lookups read the range of one service (or service and version) of the index
+    on (namespace, service_name, version, location), in their answer's order;
+    expired rows are skipped by the queries and deleted through the index on
+    ``expires_at`` by writes, at most every ``purge_interval`` seconds and
     ``PURGE_BATCH`` rows at a time (sooner while a backlog remains).
     """
 
     name = "sqlite"
+    shared_across_processes = True
 
     def __init__(
         self,
@@ -205,9 +459,10 @@ class SqliteStore(Store):
     ) -> None:
         """Open (creating if needed) the database at ``path`` and its parent directory.
 
+        Upgrades a database of keyard 0.2.0 (see :func:`_upgrade_0_2_0`).
         ``timeout`` is how long a write waits for another writer's lock before
         :class:`StoreUnavailable`. Raises :class:`ConfigError` when the path cannot
-        hold a database.
+        hold a database, saying which part of it to change.
         """
         self.path = Path(path).expanduser().absolute()
         self.timeout = timeout
@@ -224,21 +479,35 @@ class SqliteStore(Store):
         self._kept_open: list[sqlite3.Connection] = []
         # The process that found its database file deleted or replaced, if any.
         self._lost_in_pid: int | None = None
+        self._next_file_check = 0.0  # time.monotonic() of the reads' next look at the file
         self._next_purge = 0.0
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
+        #: How many live instances of keyard 0.2.0's table this opening upgraded.
+        self.upgraded = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent_directory()
             # Create the file and schema now, and try a write, so a bad path fails here.
             connection, _ = self._open()
             try:
+                self.upgraded = _upgrade_0_2_0(
+                    connection, time.time(), max(self.timeout, UPGRADE_WAIT)
+                )
                 self._probe_writable(connection)
             finally:
                 connection.close()
         except (OSError, ValueError, sqlite3.Error) as exc:
+            why = _why_unopenable(self.path) if isinstance(exc, (OSError, sqlite3.Error)) else None
+            said = str(exc) if why is None or why in str(exc) else f"{exc}: {why}"
             raise ConfigError(
-                f"sqlite store: option path {str(path)!r} cannot hold a database: {exc}"
+                f"sqlite store: option path {str(path)!r} cannot hold a database: {said}"
             ) from exc
+
+    def _make_parent_directory(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:  # a part of the path is a file
+            raise OSError(_why_unopenable(self.path) or str(exc)) from exc
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SqliteStore:
@@ -257,39 +526,85 @@ class SqliteStore(Store):
 
     # -- the Store interface ---------------------------------------------------
 
-    def register(self, instance: Instance) -> bool:
-        return self._put(instance, keep_ttl=False)[1]
-
-    def refresh(self, instance: Instance) -> tuple[Instance, bool]:
-        """Atomic: one write transaction."""
-        return self._put(instance, keep_ttl=True)
-
-    def _put(self, instance: Instance, keep_ttl: bool) -> tuple[Instance, bool]:
-        """Store ``instance`` (with the live row's ttl if ``keep_ttl``); (stored, new)."""
-        now = instance.expires_at - instance.ttl
+    def put(self, instance: Instance, keep: frozenset[str] = frozenset()) -> tuple[Instance, bool]:
+        """Atomic: one statement, merging in SQL as :func:`~keyard.stores.base.merged` does."""
+        now = instance.last_heartbeat_at
+        tags, metadata = _tags_text(instance.tags), _metadata_text(instance.metadata)
+        parameters = {
+            "namespace": instance.namespace,
+            "service_name": instance.service_name,
+            "instance_id": instance.instance_id,
+            "version": instance.version,
+            "location": instance.location,
+            "status": instance.status,
+            "status_override": instance.status_override,
+            "tags": tags,
+            "metadata": metadata,
+            "weight": instance.weight,
+            "ttl": instance.ttl,
+            "registered_at": instance.registered_at,
+            "last_heartbeat_at": now,
+            "expires_at": instance.expires_at,
+            "keep_ttl": "ttl" in keep,
+            "keep_status": "status" in keep,
+            "keep_tags": "tags" in keep,
+            "keep_metadata": "metadata" in keep,
+            "keep_weight": "weight" in keep,
+        }
         with self._writing() as db:
-            if keep_ttl:
-                rows = db.execute(_REFRESH, (*instance, now)).fetchall()
-            else:
-                rows = db.execute(_UPSERT, instance).fetchall()
+            rows = db.execute(_PUT, parameters).fetchall()  # all: the statement completes
             self._maybe_purge(db, now)
-        ttl, expires_at, replaced_expiry = rows[0]
-        if keep_ttl:
-            instance = instance._replace(ttl=ttl, expires_at=expires_at)
-        return instance, replaced_expiry is None or replaced_expiry <= now
+        (
+            status,
+            status_override,
+            stored_tags,
+            stored_metadata,
+            weight,
+            ttl,
+            registered_at,
+            expires_at,
+            replaced_expiry,
+        ) = rows[0]
+        if replaced_expiry is None or replaced_expiry <= now:
+            return instance, True
+        return instance._replace(
+            status=status,
+            status_override=status_override,
+            tags=instance.tags if stored_tags == tags else _tags(stored_tags),
+            metadata=instance.metadata if stored_metadata == metadata else _metadata(
+                stored_metadata
+            ),
+            weight=weight,
+            ttl=ttl,
+            registered_at=registered_at,
+            expires_at=expires_at,
+        ), False
 
-    def get(self, service_name: str, version: str, location: str, now: float) -> Instance | None:
+    def get(self, key: InstanceKey, now: float) -> Instance | None:
         with self._reading() as db:
-            row = db.execute(_GET, (service_name, version, location, now)).fetchone()
-        return Instance(*row) if row is not None else None
+            rows = db.execute(_GET, _key_parameters(key, now)).fetchall()
+        return _record(rows[0]) if rows else None
 
-    def deregister(self, service_name: str, version: str, location: str, now: float) -> bool:
+    def deregister(self, key: InstanceKey, now: float) -> Instance | None:
         with self._writing() as db:
-            rows = db.execute(_DELETE, (service_name, version, location)).fetchall()
+            rows = db.execute(_DELETE, _key_parameters(key, now)).fetchall()
             self._maybe_purge(db, now)
-        return bool(rows) and rows[0][0] > now
+        if not rows:
+            return None
+        removed = _record(rows[0])
+        return removed if removed.expires_at > now else None
 
-    def lookup(self, service_name: str, version: str | None, now: float) -> list[Instance]:
+    def set_override(self, key: InstanceKey, status: str | None, now: float) -> Instance | None:
+        """Atomic: one statement, which changes nothing but the override."""
+        parameters = _key_parameters(key, now)
+        parameters["status_override"] = status
+        with self._writing() as db:
+            rows = db.execute(_SET_OVERRIDE, parameters).fetchall()
+        return _record(rows[0]) if rows else None
+
+    def lookup(
+        self, namespace: str, service_name: str, version: str | None, now: float
+    ) -> list[Instance]:
         """Served from the process's cache of answers while the database is unchanged.
 
         ``PRAGMA data_version`` on the reading connection (one step, no table
@@ -303,17 +618,28 @@ class SqliteStore(Store):
             # An answer read at a later ``now`` may lack rows still live at this one.
             if stamp != cache.stamp or now < cache.latest_read:
                 cache.reset(stamp)
-            key = (service_name, version)
+            key = (namespace, service_name, version)
             found = cache.answers.get(key)
             if found is None:
+                parameters = {"namespace": namespace, "service_name": service_name, "now": now}
                 if version is None:
-                    rows = db.execute(_LOOKUP_SERVICE, (service_name, now)).fetchall()
+                    rows = db.execute(_LOOKUP_SERVICE, parameters).fetchall()
                 else:
-                    rows = db.execute(_LOOKUP_VERSION, (service_name, version, now)).fetchall()
-                found = list(map(Instance._make, rows))
+                    parameters["version"] = version
+                    rows = db.execute(_LOOKUP_VERSION, parameters).fetchall()
+                found = list(map(_record, rows))
                 cache.keep(key, found, now)
                 return found
         return [instance for instance in found if instance.expires_at > now]
+
+    def services(self, namespace: str, now: float) -> list[ServiceSummary]:
+        """One grouped read of the namespace's range of the primary key."""
+        with self._reading() as db:
+            rows = db.execute(_SERVICES, {"namespace": namespace, "now": now}).fetchall()
+        return [
+            ServiceSummary(service_name=service_name, instances=instances, up=up)
+            for service_name, instances, up in rows
+        ]
 
     def close(self) -> None:
         """Close every connection this store opened in this process."""
@@ -332,7 +658,7 @@ class SqliteStore(Store):
     def __len__(self) -> int:
         """The number of rows held, expired ones not yet purged included."""
         with self._reading() as db:
-            return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
+            return int(db.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
 
     # -- connections, transactions, errors -------------------------------------
 
@@ -349,13 +675,6 @@ class SqliteStore(Store):
             if cache_kib is not None:
                 connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
             connection.executescript(_SCHEMA)
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(instances)")}
-            if "replaced_expiry" not in columns:
-                try:
-                    connection.execute(_ADD_REPLACED_EXPIRY)
-                except sqlite3.OperationalError as exc:  # another process added it meanwhile
-                    if "duplicate column" not in str(exc):
-                        raise
             identity = self._file_identity()
         except BaseException:
             connection.close()
@@ -391,9 +710,10 @@ class SqliteStore(Store):
         """StoreUnavailable, from now on, once ``path`` is not the file opened as ``identity``.
 
         A connection keeps using a file that was deleted or replaced under it:
-        its writes would answer 200 and vanish with the file. Nor can it move to
-        the new file: closing it would make SQLite delete the new database's
-        ``-wal`` and ``-shm`` files by name, under the processes using them.
+        its writes would answer 200 and vanish with the file, and its reads would
+        answer from a registry no other process sees. Nor can it move to the new
+        file: closing it would make SQLite delete the new database's ``-wal`` and
+        ``-shm`` files by name, under the processes using them.
         """
         if self._lost_in_pid != os.getpid() and self._path_identity() != identity:
             self._lost_in_pid = os.getpid()
@@ -420,10 +740,11 @@ class SqliteStore(Store):
     def _connection(self, slot: _Slot, write: bool = False) -> sqlite3.Connection:
         """The slot's connection, opened on first use (and again after a fork or failure).
 
-        Before a ``write``, a look at the file (one ``stat``) makes sure it is still
-        the one the connection opened (see :meth:`_check_file_kept`); reads skip
-        the look, as a read of a deleted file loses nothing, and fail once a
-        write has found it gone.
+        Makes sure, with one ``stat``, that the file at ``path`` is still the one
+        the connection opened (see :meth:`_check_file_kept`): before every
+        ``write``, and before a read at most every FILE_CHECK_INTERVAL seconds (a
+        read of a file deleted since loses nothing; one process's reads refuse
+        at once once any of its calls has found the file gone).
         """
         pid = os.getpid()
         connection = slot.connection
@@ -432,6 +753,11 @@ class SqliteStore(Store):
                 self._check_file_kept(slot.identity)
             elif self._lost_in_pid == pid:
                 raise StoreUnavailable(self._lost_message)
+            else:
+                clock = time.monotonic()
+                if clock >= self._next_file_check:
+                    self._check_file_kept(slot.identity)
+                    self._next_file_check = clock + FILE_CHECK_INTERVAL
             return connection
         # Else there is none yet, or it was inherited through fork(): a connection
         # must never cross a fork, so leave that one alone and open our own.
@@ -451,6 +777,7 @@ class SqliteStore(Store):
         slot.connection, slot.pid, slot.identity = connection, pid, identity
         if slot is self._reader:
             self._answers = _Answers()
+            self._next_file_check = time.monotonic() + FILE_CHECK_INTERVAL
         return connection
 
     def _discard_connection(self, slot: _Slot) -> None:
@@ -475,7 +802,10 @@ class SqliteStore(Store):
             raise
         except (sqlite3.DatabaseError, OSError) as exc:  # locked past the timeout, unwritable...
             self._discard_connection(slot)
-            raise StoreUnavailable(f"sqlite store at {str(self.path)!r}: {exc}") from exc
+            why = _why_unopenable(self.path) if "unable to open" in str(exc) else None
+            raise StoreUnavailable(
+                f"sqlite store at {str(self.path)!r}: {exc}" + (f": {why}" if why else "")
+            ) from exc
 
     @contextlib.contextmanager
     def _turn(self, lock: threading.Lock, what: str) -> Iterator[None]:
@@ -520,6 +850,6 @@ class SqliteStore(Store):
         clock = time.monotonic()
         if clock < self._next_purge:
             return
-        deleted = db.execute(_PURGE, (now, PURGE_BATCH)).rowcount
+        deleted = db.execute(_PURGE, {"now": now, "batch": PURGE_BATCH}).rowcount
         # A full batch means more may be waiting: purge again on the next write.
         self._next_purge = clock if deleted >= PURGE_BATCH else clock + self.purge_interval
