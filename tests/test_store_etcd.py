@@ -22,11 +22,12 @@ import webtest
 from keyard.app import create_app
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.helpers import config as config_module
+from keyard.model import DEFAULT_NAMESPACE, InstanceKey, derived_instance_id
 from keyard.stores import create_store
 from keyard.stores.etcd import MAX_SEGMENT, EtcdStore, encode_part
+from keyard.testing.store_contract import ODD_STRINGS, StoreContract, locations, make
 from tests.conftest import free_port, port_is_open, wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, started, unique_base_path
-from tests.store_contract import ODD_STRINGS, StoreContract, locations, make
 
 
 class TestEtcdStore(StoreContract):
@@ -49,18 +50,33 @@ def store(etcd_server: EtcdServer, base_path: str) -> Iterator[EtcdStore]:
     store.close()
 
 
+NS = DEFAULT_NAMESPACE
+
+
 def raw_key(*parts: str) -> str:
     """The URL path of an etcd key made of already encoded parts."""
     return quote("/".join(parts), safe="/")
 
 
+def web(location: str = "http://127.0.0.1:8001", version: str = "1.0") -> InstanceKey:
+    """The key of ``make(location=..., version=...)``."""
+    return make(version=version, location=location).key
+
+
+def look(store: EtcdStore, service: str = "web", version: str | None = None) -> list[str]:
+    """The locations a lookup in the default namespace answers, now."""
+    return locations(store.lookup(NS, service, version, time.time()))
+
+
 def every_call_fails(store: EtcdStore, within: float) -> list[str]:
     """Call every store method; each must raise StoreUnavailable within ``within`` s."""
     calls = {
-        "register": lambda: store.register(make()),
-        "get": lambda: store.get("web", "1.0", "a", time.time()),
-        "deregister": lambda: store.deregister("web", "1.0", "a", time.time()),
-        "lookup": lambda: store.lookup("web", None, time.time()),
+        "put": lambda: store.put(make()),
+        "get": lambda: store.get(web("a"), time.time()),
+        "deregister": lambda: store.deregister(web("a"), time.time()),
+        "set_override": lambda: store.set_override(web("a"), "DOWN", time.time()),
+        "lookup": lambda: store.lookup(NS, "web", None, time.time()),
+        "services": lambda: store.services(NS, time.time()),
     }
     messages = []
     for name, call in calls.items():
@@ -191,81 +207,259 @@ def test_distinct_parts_never_share_a_segment() -> None:
 # -- key layout in etcd --------------------------------------------------------
 
 
-def test_an_instance_is_one_key_of_three_encoded_parts(
+def test_an_instance_is_one_key_under_its_namespace_and_service(
     etcd_server: EtcdServer, store: EtcdStore, base_path: str
 ) -> None:
-    instance = make(service="a/b", version="..", location="http://h:1/p?q=1#f", ttl=45)
-    store.register(instance)
+    instance = make(
+        service="a/b", version="..", location="http://h:1/p?q=1#f", ttl=45,
+        namespace="team/x", instance_id="_i:{1}", tags=("t",), metadata={"k": "v"},
+    )
+    store.put(instance)
     tree = etcd_server.raw(raw_key(base_path), recursive="true")
     assert tree is not None
-    [service_dir] = tree["nodes"]  # type: ignore[index]
-    assert service_dir["key"] == f"{base_path}/a%2Fb"
-    [version_dir] = service_dir["nodes"]
-    assert version_dir["key"] == f"{base_path}/a%2Fb/%2E."
-    [leaf] = version_dir["nodes"]
-    assert leaf["key"] == f"{base_path}/a%2Fb/%2E./http%3A%2F%2Fh%3A1%2Fp%3Fq%3D1%23f"
+    [namespaces] = tree["nodes"]  # type: ignore[index]
+    assert namespaces["key"] == f"{base_path}/%ns"
+    [namespace_dir] = namespaces["nodes"]
+    assert namespace_dir["key"] == f"{base_path}/%ns/team%2Fx"
+    [service_dir] = namespace_dir["nodes"]
+    assert service_dir["key"] == f"{base_path}/%ns/team%2Fx/a%2Fb"
+    [leaf] = service_dir["nodes"]
+    assert leaf["key"] == f"{base_path}/%ns/team%2Fx/a%2Fb/%5Fi%3A%7B1%7D"
     value = json.loads(leaf["value"])
-    assert value["ttl"] == 45
-    assert value["expires_at"] == instance.expires_at
+    assert set(value) == {*instance._fields, "writer"}
+    assert {k: v for k, v in value.items() if k != "writer"} == {
+        **instance._asdict(), "tags": ["t"], "metadata": {"k": "v"}
+    }
     assert 40 <= leaf["ttl"] <= 45  # etcd expires the key by itself
+
+
+def test_no_key_of_today_can_be_a_key_of_keyard_0_2_0() -> None:
+    # 0.2.0 kept {base_path}/{service}/{version}/{location}, each part encode_part's.
+    parts = {*ODD_STRINGS, "", "%", "ns", "%ns", "%25ns", "x" * 1000}
+    assert all(encode_part(part) != "%ns" for part in parts)
 
 
 def test_a_refresh_moves_etcds_own_expiry(
     etcd_server: EtcdServer, store: EtcdStore, base_path: str
 ) -> None:
-    store.register(make(ttl=5))
-    store.register(make(ttl=500))
-    node = etcd_server.raw(raw_key(base_path, "web", "1.0", "http%3A%2F%2F127.0.0.1%3A8001"))
+    store.put(make(ttl=5))
+    store.put(make(ttl=500))
+    instance_id = encode_part(make().instance_id)
+    node = etcd_server.raw(raw_key(base_path, "%ns", NS, "web", instance_id))
     assert node is not None and 490 <= node["ttl"] <= 500  # type: ignore[operator]
+
+
+def test_an_override_keeps_etcds_own_expiry_at_the_lease_left(
+    etcd_server: EtcdServer, store: EtcdStore, base_path: str
+) -> None:
+    now = time.time()
+    store.put(make(ttl=500, now=now - 200))  # 300 s of the lease left
+    store.set_override(web(), "OUT_OF_SERVICE", now)
+    instance_id = encode_part(make().instance_id)
+    node = etcd_server.raw(raw_key(base_path, "%ns", NS, "web", instance_id))
+    assert node is not None and 290 <= node["ttl"] <= 301  # type: ignore[operator]
 
 
 def test_lookup_ignores_empty_directories_and_values_that_are_not_instances(
     etcd_server: EtcdServer, store: EtcdStore, base_path: str
 ) -> None:
-    etcd_server.raw_put(raw_key(base_path, "web", "1.0"), "dir=true")
-    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "junk"), "value=not-json")
-    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "list"), "value=[1,2]")
-    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "deep", "er"), 'value={"ttl":1}')
+    service = raw_key(base_path, "%ns", NS, "web")
+    etcd_server.raw_put(f"{service}/dir", "dir=true")
+    etcd_server.raw_put(f"{service}/junk", "value=not-json")
+    etcd_server.raw_put(f"{service}/list", "value=[1,2]")
+    etcd_server.raw_put(f"{service}/deep/er", 'value={"ttl":1}')
     nested = "[" * 100_000 + "]" * 100_000  # JSON too deep for Python's json to read
-    etcd_server.raw_put(raw_key(base_path, "web", "2.0", "nested"), f"value={nested}")
-    store.register(make(version="3.0", location="real"))
-    assert [(i.version, i.location) for i in store.lookup("web", None, time.time())] == [
+    etcd_server.raw_put(f"{service}/nested", f"value={nested}")
+    # A whole record, but under another key than its names give.
+    moved = make(location="moved", instance_id="elsewhere")
+    record = quote(json.dumps({**moved._asdict(), "tags": [], "writer": "w"}))
+    etcd_server.raw_put(f"{service}/moved", f"value={record}")
+    store.put(make(version="3.0", location="real"))
+    assert [(i.version, i.location) for i in store.lookup(NS, "web", None, time.time())] == [
         ("3.0", "real")
     ]
-    assert store.lookup("web", "1.0", time.time()) == []
-    assert store.lookup("web", "2.0", time.time()) == []
-    assert store.get("web", "2.0", "junk", time.time()) is None
-    assert store.get("web", "2.0", "deep", time.time()) is None
-    assert store.get("web", "2.0", "nested", time.time()) is None
+    assert store.lookup(NS, "web", "1.0", time.time()) == []
+    for name in ("dir", "junk", "deep", "nested", "moved", "elsewhere"):
+        assert store.get(InstanceKey(NS, "web", name), time.time()) is None
+    assert [s.service_name for s in store.services(NS, time.time())] == ["web"]
 
 
 def test_deregister_removes_the_directories_it_empties(
     etcd_server: EtcdServer, store: EtcdStore, base_path: str
 ) -> None:
-    for version, location in [("1.0", "a"), ("1.0", "b"), ("2.0", "c")]:
-        store.register(make(version=version, location=location))
-    store.deregister("web", "1.0", "a", time.time())
-    assert etcd_server.raw(raw_key(base_path, "web", "1.0")) is not None
-    store.deregister("web", "1.0", "b", time.time())
-    assert etcd_server.raw(raw_key(base_path, "web", "1.0")) is None
-    assert etcd_server.raw(raw_key(base_path, "web")) is not None
-    store.deregister("web", "2.0", "c", time.time())
-    assert etcd_server.raw(raw_key(base_path, "web")) is None
-    assert store.register(make(version="2.0", location="c")) is True
+    for service, location in [("web", "a"), ("web", "b"), ("api", "c")]:
+        store.put(make(service, location=location))
+    store.deregister(web("a"), time.time())
+    assert etcd_server.raw(raw_key(base_path, "%ns", NS, "web")) is not None
+    store.deregister(web("b"), time.time())
+    assert etcd_server.raw(raw_key(base_path, "%ns", NS, "web")) is None
+    assert etcd_server.raw(raw_key(base_path, "%ns", NS)) is not None
+    store.deregister(make("api", location="c").key, time.time())
+    assert etcd_server.raw(raw_key(base_path, "%ns", NS)) is None
+    assert store.put(make("api", location="c"))[1] is True
 
 
 def test_the_longest_names_keyard_accepts_round_trip(store: EtcdStore) -> None:
-    # The registry's limits: 128 characters of name and version, 1024 of location.
+    # The model's limits: 128 characters of names and ids, 1024 of location.
     service, version, location = "服" * 128, "🚀" * 128, "🚀/?" * 341 + "x"
+    namespace, instance_id = "ü" * 128, "/" * 127
     for n in range(2):
         other = location[:-1] + str(n)
-        assert store.register(make(service, version, other)) is True
-        assert store.get(service, version, other, time.time()) is not None
-    found = store.lookup(service, None, time.time())
+        instance_id_n = f"{instance_id}{n}"
+        instance = make(service, version, other, namespace=namespace, instance_id=instance_id_n)
+        assert store.put(instance)[1] is True
+        assert store.get(instance.key, time.time()) is not None
+    found = store.lookup(namespace, service, None, time.time())
     assert [(i.service_name, i.version) for i in found] == [(service, version)] * 2
     assert locations(found) == [location[:-1] + "0", location[:-1] + "1"]
-    assert store.deregister(service, version, location[:-1] + "0", time.time()) is True
-    assert locations(store.lookup(service, version, time.time())) == [location[:-1] + "1"]
+    gone = InstanceKey(namespace, service, f"{instance_id}0")
+    assert store.deregister(gone, time.time()) is not None
+    assert locations(store.lookup(namespace, service, version, time.time())) == [
+        location[:-1] + "1"
+    ]
+
+
+# -- upgrade from keyard 0.2.0 ------------------------------------------------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "keyard_0_2_0" / "etcd.json"
+#: The live instances of the fixture: (service, version, location, ttl), expiring in 2100.
+LIVE_0_2_0 = [
+    ("payments", "1.0", "http://10.0.0.9:9000", 30),
+    ("payments", "2", "http://10.0.0.7:9000", 30),
+    ("payments", "2", "http://10.0.0.8:9000", 60),
+    ("search", "1.0", "http://10.0.1.1:80/a?b=1&c=2#frag", 86400),
+    ("ünïcødé/服务", "v/1", "..", 45),
+]
+LIVE_UNTIL = 4_102_444_800.0
+
+
+def load_0_2_0_keys(server: EtcdServer, base_path: str) -> list[dict[str, str]]:
+    """The fixture's keys, moved from /services to ``base_path``, put with plain v2 requests.
+
+    Live keys get an etcd TTL of an hour, but the one of ``search`` none; expired
+    ones none either, so that only the upgrade can drop them.
+    """
+    keys = json.loads(FIXTURE.read_text())
+    for entry in keys:
+        key = base_path + entry["key"][len("/services") :]
+        live = json.loads(entry["value"])["expires_at"] > time.time()
+        ttl = "&ttl=3600" if live and "/search/" not in key else ""
+        server.raw_put(quote(key, safe="/"), f"value={quote(entry['value'])}{ttl}")
+    return keys
+
+
+def check_upgraded(server: EtcdServer, store: EtcdStore, base_path: str) -> None:
+    now = time.time()
+    found = {
+        (i.service_name, i.version, i.location): i
+        for service in ("payments", "search", "ünïcødé/服务")
+        for i in store.lookup(NS, service, None, now)
+    }
+    assert sorted(found) == sorted(entry[:3] for entry in LIVE_0_2_0)
+    for service, version, location, ttl in LIVE_0_2_0:
+        instance = found[(service, version, location)]
+        assert instance == store.get(instance.key, now)
+        assert instance._asdict() == {
+            "namespace": "default",
+            "service_name": service,
+            "instance_id": derived_instance_id(version, location),
+            "version": version,
+            "location": location,
+            "status": "UP",
+            "status_override": None,
+            "tags": (),
+            "metadata": {},
+            "weight": 100,
+            "ttl": ttl,
+            "registered_at": LIVE_UNTIL - ttl,
+            "last_heartbeat_at": LIVE_UNTIL - ttl,
+            "expires_at": LIVE_UNTIL,
+        }
+        node = server.raw(raw_key(store._key(instance.key)))
+        assert node is not None
+        if service == "search":
+            assert "ttl" not in node  # none before, none after
+        else:
+            assert 3500 <= node["ttl"] <= 3600  # type: ignore[operator]
+    assert store.lookup(NS, "gone", None, now) == []
+    assert locations(store.lookup(NS, "payments", "2", now)) == [
+        "http://10.0.0.7:9000", "http://10.0.0.8:9000"
+    ]
+    assert [(s.service_name, s.instances) for s in store.services(NS, now)] == [
+        ("payments", 3), ("search", 1), ("ünïcødé/服务", 1)
+    ]
+    # Nothing of 0.2.0's layout is left: only today's directory.
+    tree = server.raw(raw_key(base_path))
+    assert tree is not None
+    assert [node["key"] for node in tree.get("nodes", [])] == [f"{base_path}/%ns"]  # type: ignore[union-attr]
+
+
+def test_keys_of_keyard_0_2_0_are_converted_at_the_first_call(
+    etcd_server: EtcdServer, base_path: str
+) -> None:
+    load_0_2_0_keys(etcd_server, base_path)
+    store = EtcdStore(etcd_server.endpoint, base_path=base_path)
+    try:
+        check_upgraded(etcd_server, store, base_path)
+    finally:
+        store.close()
+    again = EtcdStore(etcd_server.endpoint, base_path=base_path)  # idempotent
+    try:
+        check_upgraded(etcd_server, again, base_path)
+    finally:
+        again.close()
+
+
+def test_several_processes_converting_at_once_convert_each_instance_once(
+    etcd_server: EtcdServer, base_path: str
+) -> None:
+    load_0_2_0_keys(etcd_server, base_path)
+    stores = [EtcdStore(etcd_server.endpoint, base_path=base_path) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def first_call(store: EtcdStore) -> None:
+        try:
+            barrier.wait(timeout=10)
+            store.lookup(NS, "payments", None, time.time())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_call, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    try:
+        assert errors == []
+        for store in stores:
+            check_upgraded(etcd_server, store, base_path)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_cached_store_sees_converted_keys(etcd_server: EtcdServer, base_path: str) -> None:
+    load_0_2_0_keys(etcd_server, base_path)
+    store = EtcdStore(etcd_server.endpoint, base_path=base_path, cache=True)
+    try:
+        check_upgraded(etcd_server, store, base_path)
+        wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the copy loaded")
+        assert store.cache_info()["instances"] == len(LIVE_0_2_0)  # type: ignore[index]
+        check_upgraded(etcd_server, store, base_path)
+    finally:
+        store.close()
+
+
+def test_a_store_opened_while_etcd_is_down_converts_once_it_is_up(own_etcd: EtcdServer) -> None:
+    load_0_2_0_keys(own_etcd, "/services")
+    own_etcd.stop()
+    store = EtcdStore(own_etcd.endpoint, timeout=1)  # building it needs no etcd
+    with pytest.raises(StoreUnavailable):
+        store.lookup(NS, "payments", None, time.time())
+    own_etcd.start()
+    check_upgraded(own_etcd, store, "/services")
+    store.close()
 
 
 # -- several stores ------------------------------------------------------------
@@ -277,15 +471,15 @@ def test_stores_with_the_same_base_path_share_one_registry(
     first = EtcdStore(etcd_server.endpoint, base_path=base_path)
     second = EtcdStore(etcd_server.endpoint, base_path=base_path)
     try:
-        assert first.register(make(location="a")) is True
-        assert locations(second.lookup("web", None, time.time())) == ["a"]
-        assert second.get("web", "1.0", "a", time.time()) is not None
-        assert second.register(make(location="a", ttl=99)) is False
-        found = first.get("web", "1.0", "a", time.time())
+        assert first.put(make(location="a"))[1] is True
+        assert locations(second.lookup(NS, "web", None, time.time())) == ["a"]
+        assert second.get(web("a"), time.time()) is not None
+        assert second.put(make(location="a", ttl=99))[1] is False
+        found = first.get(web("a"), time.time())
         assert found is not None and found.ttl == 99
-        assert second.deregister("web", "1.0", "a", time.time()) is True
-        assert first.lookup("web", None, time.time()) == []
-        assert first.deregister("web", "1.0", "a", time.time()) is False
+        assert second.deregister(web("a"), time.time()) is not None
+        assert first.lookup(NS, "web", None, time.time()) == []
+        assert first.deregister(web("a"), time.time()) is None
     finally:
         first.close()
         second.close()
@@ -297,15 +491,15 @@ def test_stores_with_different_base_paths_never_see_each_other(etcd_server: Etcd
     stores = [EtcdStore(etcd_server.endpoint, base_path=b) for b in bases]
     try:
         for n, store in enumerate(stores):
-            store.register(make(service="web", version="1.0", location=f"from-{n}"))
+            store.put(make(service="web", version="1.0", location=f"from-{n}"))
             # In the nested base path this lands inside the parent's web/1.0 directory.
-            store.register(make(service="1.0", version="v", location=f"deep-{n}"))
+            store.put(make(service="1.0", version="v", location=f"deep-{n}"))
         for n, store in enumerate(stores):
-            assert locations(store.lookup("web", None, time.time())) == [f"from-{n}"]
-            assert locations(store.lookup("1.0", None, time.time())) == [f"deep-{n}"]
-            assert locations(store.lookup("1.0", "v", time.time())) == [f"deep-{n}"]
+            assert locations(store.lookup(NS, "web", None, time.time())) == [f"from-{n}"]
+            assert locations(store.lookup(NS, "1.0", None, time.time())) == [f"deep-{n}"]
+            assert locations(store.lookup(NS, "1.0", "v", time.time())) == [f"deep-{n}"]
             others = [f"from-{m}" for m in range(len(stores)) if m != n]
-            assert all(store.get("web", "1.0", o, time.time()) is None for o in others)
+            assert all(store.get(web(o), time.time()) is None for o in others)
     finally:
         for store in stores:
             store.close()
@@ -336,14 +530,14 @@ def test_a_server_that_never_answers_raises_store_unavailable_within_the_timeout
 
 def test_the_store_recovers_by_itself_when_etcd_is_back(own_etcd: EtcdServer) -> None:
     store = EtcdStore(own_etcd.endpoint, timeout=1)
-    assert store.register(make(location="before")) is True
+    assert store.put(make(location="before"))[1] is True
     own_etcd.stop()
     messages = every_call_fails(store, within=1 + 1)
     assert all(own_etcd.endpoint in m for m in messages)
     own_etcd.start()
-    assert locations(store.lookup("web", "1.0", time.time())) == ["before"]
-    assert store.register(make(location="after")) is True
-    assert locations(store.lookup("web", None, time.time())) == ["after", "before"]
+    assert locations(store.lookup(NS, "web", "1.0", time.time())) == ["before"]
+    assert store.put(make(location="after"))[1] is True
+    assert locations(store.lookup(NS, "web", None, time.time())) == ["after", "before"]
     store.close()
 
 
@@ -351,9 +545,9 @@ def test_a_store_built_while_etcd_is_down_works_once_it_is_up(own_etcd: EtcdServ
     own_etcd.stop()
     store = EtcdStore(own_etcd.endpoint, timeout=1)
     with pytest.raises(StoreUnavailable):
-        store.lookup("web", None, time.time())
+        store.lookup(NS, "web", None, time.time())
     own_etcd.start()
-    assert store.register(make()) is True
+    assert store.put(make())[1] is True
     store.close()
 
 
@@ -387,9 +581,9 @@ def register_and_look_up_while(
     while rounds_after < done_after and time.monotonic() < deadline:
         location = f"loc-{n:04d}"
         try:
-            assert store.register(make(location=location)) is True, f"register {location}"
+            assert store.put(make(location=location))[1] is True, f"register {location}"
             registered.append(location)
-            assert locations(store.lookup("web", "1.0", time.time())) == registered
+            assert locations(store.lookup(NS, "web", "1.0", time.time())) == registered
         except (AssertionError, StoreUnavailable) as exc:
             errors.append(exc)
         n += 1
@@ -428,7 +622,7 @@ def test_losing_the_leader_fails_no_request(
     assert len(registered) >= 80
     assert f"etcd failover: {leader.endpoint} failed" in caplog.text
     survivor = EtcdStore(others[1].endpoint)
-    assert locations(survivor.lookup("web", "1.0", time.time())) == registered
+    assert locations(survivor.lookup(NS, "web", "1.0", time.time())) == registered
     store.close()
     survivor.close()
 
@@ -437,7 +631,7 @@ def test_losing_the_leader_fails_no_request(
 def test_allow_reconnect_learns_the_members_from_the_one_given(etcd_cluster: EtcdCluster) -> None:
     leader = etcd_cluster.leader()
     store = EtcdStore(leader.endpoint, allow_reconnect=True)
-    assert store.lookup("web", None, time.time()) == []
+    assert store.lookup(NS, "web", None, time.time()) == []
     assert sorted(store.members) == sorted(m.endpoint for m in etcd_cluster.members)
     killed = threading.Event()
     killer = kill_when(killed, leader)
@@ -451,7 +645,7 @@ def test_allow_reconnect_learns_the_members_from_the_one_given(etcd_cluster: Etc
 
 def test_one_member_store_does_not_learn_other_members(etcd_server: EtcdServer) -> None:
     store = EtcdStore(etcd_server.endpoint, base_path=unique_base_path())
-    store.lookup("web", None, time.time())
+    store.lookup(NS, "web", None, time.time())
     assert store.members == [etcd_server.endpoint]
     assert store.allow_reconnect is False
     store.close()

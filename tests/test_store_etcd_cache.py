@@ -17,13 +17,17 @@ import pytest
 
 from keyard.errors import StoreUnavailable
 from keyard.helpers import config as config_module
+from keyard.model import DEFAULT_NAMESPACE, ServiceSummary
 from keyard.stores import create_store
-from keyard.stores.etcd import EtcdStore, _write_fields, encode_part
-from keyard.stores.etcd_mirror import STALE_AFTER, Mirror
+from keyard.stores.etcd import EtcdStore, encode_part
+from keyard.stores.etcd.keys import record_value
+from keyard.stores.etcd.mirror import STALE_AFTER, Mirror
+from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 from tests.conftest import wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
-from tests.store_contract import StoreContract, locations, make
 
+NS = DEFAULT_NAMESPACE
+WEB = make().key
 #: How long another process's write may take to reach a cached store, in these tests.
 SEEN_WITHIN = 2.0
 
@@ -32,7 +36,7 @@ def cached_store(endpoint: object, base_path: str, **options: object) -> EtcdSto
     """A store with the cache on, its copy loaded and current (``host`` in options wins)."""
     options.setdefault("host", endpoint)
     store = EtcdStore(base_path=base_path, cache=True, **options)  # type: ignore[arg-type]
-    store.lookup("-", None, time.time())  # starts the copy
+    store.lookup(NS, "-", None, time.time())  # starts the copy
     wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the copy loaded")
     return store
 
@@ -94,15 +98,15 @@ def test_the_cache_option_is_off_by_default_and_comes_from_the_environment() -> 
 def test_own_writes_are_seen_at_once_without_the_watch(cached: EtcdStore) -> None:
     cached.hold_cache(True)  # no event can bring them
     try:
-        assert cached.register(make(location="a")) is True
-        assert cached.register(make(location="b", ttl=60)) is True
-        assert locations(cached.lookup("web", "1.0", time.time())) == ["a", "b"]
-        refreshed, new = cached.refresh(make(location="b", ttl=5))
+        assert cached.put(make(location="a"))[1] is True
+        assert cached.put(make(location="b", ttl=60))[1] is True
+        assert locations(cached.lookup(NS, "web", "1.0", time.time())) == ["a", "b"]
+        refreshed, new = cached.put(make(location="b", ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (60, False)
-        [_, b] = cached.lookup("web", None, time.time())
+        [_, b] = cached.lookup(NS, "web", None, time.time())
         assert b.expires_at == refreshed.expires_at
-        assert cached.deregister("web", "1.0", "a", time.time()) is True
-        assert locations(cached.lookup("web", None, time.time())) == ["b"]
+        assert cached.deregister(make(location="a").key, time.time()) is not None
+        assert locations(cached.lookup(NS, "web", None, time.time())) == ["b"]
         assert served_from_the_copy(cached)
         assert cached.cache_info()["events"] == 0  # type: ignore[index]
     finally:
@@ -112,8 +116,8 @@ def test_own_writes_are_seen_at_once_without_the_watch(cached: EtcdStore) -> Non
 def test_another_process_registration_is_seen_within_a_bounded_wait(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
-    other.register(make(location="elsewhere"))
-    eventually(lambda: locations(cached.lookup("web", None, time.time())) == ["elsewhere"])
+    other.put(make(location="elsewhere"))
+    eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["elsewhere"])
     assert served_from_the_copy(cached)
     assert cached.cache_info()["events"] >= 1  # type: ignore[index]
 
@@ -121,38 +125,40 @@ def test_another_process_registration_is_seen_within_a_bounded_wait(
 def test_another_process_deregistration_is_seen_within_a_bounded_wait(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
-    cached.register(make(location="a"))
-    cached.register(make(location="b"))
-    assert other.deregister("web", "1.0", "a", time.time()) is True
-    eventually(lambda: locations(cached.lookup("web", None, time.time())) == ["b"])
+    cached.put(make(location="a"))
+    cached.put(make(location="b"))
+    assert other.deregister(make(location="a").key, time.time()) is not None
+    eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["b"])
     assert served_from_the_copy(cached)
 
 
 def test_another_process_refresh_moves_the_expiry_seen(cached: EtcdStore, other: EtcdStore) -> None:
     start = time.time()
-    cached.register(make(ttl=20, now=start))
-    refreshed, _ = other.refresh(make(ttl=20, now=start + 10))
+    cached.put(make(ttl=20, now=start))
+    refreshed, _ = other.put(make(ttl=20, now=start + 10), KEEP_ALL)
 
     def moved() -> bool:
-        [found] = cached.lookup("web", None, time.time())
+        [found] = cached.lookup(NS, "web", None, time.time())
         return found.expires_at == refreshed.expires_at
 
     eventually(moved)
-    assert locations(cached.lookup("web", None, start + 25)) == ["http://127.0.0.1:8001"]
+    assert locations(cached.lookup(NS, "web", None, start + 25)) == ["http://127.0.0.1:8001"]
 
 
 @pytest.mark.slow
 def test_expiry_by_etcds_ttl_is_seen_and_never_returned_late(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
-    other.register(make(location="brief", ttl=1))
-    other.register(make(location="lasting", ttl=30))
-    eventually(lambda: locations(cached.lookup("web", None, time.time())) == ["brief", "lasting"])
-    expires_at = cached.lookup("web", None, time.time())[0].expires_at
+    other.put(make(location="brief", ttl=1))
+    other.put(make(location="lasting", ttl=30))
+    eventually(
+        lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["brief", "lasting"]
+    )
+    expires_at = cached.lookup(NS, "web", None, time.time())[0].expires_at
     while time.time() < expires_at + 0.01:
         time.sleep(0.01)
     # Past its expiry it is gone from lookups at once, whether etcd's expire event came or not.
-    assert locations(cached.lookup("web", None, time.time())) == ["lasting"]
+    assert locations(cached.lookup(NS, "web", None, time.time())) == ["lasting"]
     # etcd expires the key by itself (within about a second): the copy drops it.
     eventually(lambda: cached.cache_info()["instances"] == 1, within=5)  # type: ignore[index]
     assert served_from_the_copy(cached)
@@ -161,22 +167,22 @@ def test_expiry_by_etcds_ttl_is_seen_and_never_returned_late(
 def test_more_changes_than_etcd_keeps_while_the_watcher_is_held_lead_to_a_reload(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
-    cached.register(make(location="gone"))
-    cached.register(make(location="kept"))
+    cached.put(make(location="gone"))
+    cached.put(make(location="kept"))
     cached.hold_cache(True)
     try:
         wait_until(lambda: not served_from_the_copy(cached), STALE_AFTER + 2, "the copy stale")
         # While it cannot be current, lookups are read from etcd.
-        other.deregister("web", "1.0", "gone", time.time())
-        assert locations(cached.lookup("web", None, time.time())) == ["kept"]
+        other.deregister(make(location="gone").key, time.time())
+        assert locations(cached.lookup(NS, "web", None, time.time())) == ["kept"]
         added = [f"new-{n:04d}" for n in range(1100)]  # etcd keeps the last 1000 events
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda loc: other.register(make(location=loc)), added))
+            list(pool.map(lambda loc: other.put(make(location=loc)), added))
     finally:
         cached.hold_cache(False)
     expected = sorted([*added, "kept"])
     eventually(lambda: served_from_the_copy(cached), within=10)
-    assert locations(cached.lookup("web", None, time.time())) == expected
+    assert locations(cached.lookup(NS, "web", None, time.time())) == expected
     info = cached.cache_info()
     assert info is not None and info["loads"] == 2 and info["ready"]
 
@@ -188,12 +194,12 @@ def test_lookups_answer_unavailable_while_etcd_is_down_and_the_copy_recovers_by_
     cached = cached_store(own_etcd.endpoint, base_path, timeout=1)
     writer = EtcdStore(own_etcd.endpoint, base_path=base_path, timeout=1)
     try:
-        cached.register(make(location="before"))
+        cached.put(make(location="before"))
         own_etcd.stop()
 
         def unavailable() -> bool:
             try:
-                cached.lookup("web", None, time.time())
+                cached.lookup(NS, "web", None, time.time())
             except StoreUnavailable:
                 return True
             return False
@@ -202,17 +208,17 @@ def test_lookups_answer_unavailable_while_etcd_is_down_and_the_copy_recovers_by_
         for _ in range(3):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
-                cached.lookup("web", None, time.time())
+                cached.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < 1 + 1
         assert not served_from_the_copy(cached)
         own_etcd.start()
         eventually(
-            lambda: locations(cached.lookup("web", None, time.time())) == ["before"], within=10
+            lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["before"], within=10
         )
         eventually(lambda: served_from_the_copy(cached), within=10)
-        writer.register(make(location="after"))
+        writer.put(make(location="after"))
         eventually(
-            lambda: locations(cached.lookup("web", None, time.time())) == ["after", "before"]
+            lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["after", "before"]
         )
         assert cached.cache_info()["loads"] >= 2  # type: ignore[index]
     finally:
@@ -231,21 +237,21 @@ def test_close_stops_the_watcher_thread(etcd_server: EtcdServer, base_path: str)
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_builds_its_own_copy(cached: EtcdStore, other: EtcdStore) -> None:
-    cached.register(make(location="before-fork"))
+    cached.put(make(location="before-fork"))
     pid = os.fork()
     if pid == 0:  # the child: the parent's copy and thread must not be used here
         code = 1
         try:
             assert cached.cache_info() is None  # the parent's copy is not this process's
-            assert locations(cached.lookup("web", None, time.time())) == ["before-fork"]
+            assert locations(cached.lookup(NS, "web", None, time.time())) == ["before-fork"]
             deadline = time.monotonic() + 10
             while not served_from_the_copy(cached) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert cached.cache_info()["loads"] == 1  # type: ignore[index]
-            other.register(make(location="after-fork"))
+            other.put(make(location="after-fork"))
             deadline = time.monotonic() + SEEN_WITHIN
             while time.monotonic() < deadline:
-                if locations(cached.lookup("web", None, time.time())) == [
+                if locations(cached.lookup(NS, "web", None, time.time())) == [
                     "after-fork",
                     "before-fork",
                 ]:
@@ -257,26 +263,26 @@ def test_a_forked_child_builds_its_own_copy(cached: EtcdStore, other: EtcdStore)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's copy goes on, and sees the child's write.
-    eventually(lambda: "after-fork" in locations(cached.lookup("web", None, time.time())))
+    eventually(lambda: "after-fork" in locations(cached.lookup(NS, "web", None, time.time())))
     assert served_from_the_copy(cached)
 
 
 def test_a_health_check_from_a_stale_copy_still_keeps_the_live_ttl(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
-    cached.register(make(ttl=60))
+    cached.put(make(ttl=60))
     cached.hold_cache(True)  # the copy keeps ttl 60 while another process changes it
     try:
-        other.register(make(ttl=90))
+        other.put(make(ttl=90))
         assert served_from_the_copy(cached)
-        refreshed, new = cached.refresh(make(ttl=5))
+        refreshed, new = cached.put(make(ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (90, False)
-        other.deregister("web", "1.0", "http://127.0.0.1:8001", time.time())
-        refreshed, new = cached.refresh(make(ttl=5))
+        other.deregister(WEB, time.time())
+        refreshed, new = cached.put(make(ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (5, True)
     finally:
         cached.hold_cache(False)
-    found = other.get("web", "1.0", "http://127.0.0.1:8001", time.time())
+    found = other.get(WEB, time.time())
     assert found is not None and found.ttl == 5
 
 
@@ -291,15 +297,15 @@ def test_losing_the_watched_member_reads_the_copy_again_from_another(
     cached = cached_store(leader.endpoint, base_path, host=[m.endpoint for m in [leader, *others]])
     writer = EtcdStore(others[0].endpoint, base_path=base_path)
     try:
-        writer.register(make(location="before"))
-        eventually(lambda: locations(cached.lookup("web", None, time.time())) == ["before"])
+        writer.put(make(location="before"))
+        eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["before"])
         leader.kill()
         eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 1)
         eventually(lambda: served_from_the_copy(cached), within=15)
         assert cached.cache_info()["loads"] >= 2  # type: ignore[index]
-        writer.register(make(location="after"))
+        writer.put(make(location="after"))
         eventually(
-            lambda: locations(cached.lookup("web", None, time.time())) == ["after", "before"],
+            lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["after", "before"],
             within=5,
         )
         assert served_from_the_copy(cached)
@@ -314,19 +320,19 @@ def test_a_stalled_etcd_is_noticed_and_lookups_answer_unavailable(own_etcd: Etcd
     # answering sooner, once etcd has not confirmed the watch for STALE_AFTER.
     cached = cached_store(own_etcd.endpoint, base_path, timeout=4)
     try:
-        cached.register(make(location="before"))
+        cached.put(make(location="before"))
         assert own_etcd.process is not None
         own_etcd.process.send_signal(signal.SIGSTOP)  # alive, answering nothing
         try:
             eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 0.5)
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
-                cached.lookup("web", None, time.time())  # a read of etcd, failing in time
+                cached.lookup(NS, "web", None, time.time())  # a read of etcd, failing in time
             assert time.monotonic() - started < 4 + 1
         finally:
             own_etcd.process.send_signal(signal.SIGCONT)
         eventually(lambda: served_from_the_copy(cached), within=10)
-        assert locations(cached.lookup("web", None, time.time())) == ["before"]
+        assert locations(cached.lookup(NS, "web", None, time.time())) == ["before"]
     finally:
         cached.close()
 
@@ -344,21 +350,22 @@ def copy_for_events() -> tuple[Mirror, EtcdStore]:
 def event(
     store: EtcdStore, action: str, location: str, index: int, ttl: int = 30
 ) -> dict[str, object]:
-    key = store._key("web", "1.0", location)
+    key = store._key(make(location=location).key)
     node: dict[str, object] = {"key": key, "modifiedIndex": index}
     if action in ("set", "create", "update", "compareAndSwap"):
-        node["value"] = _write_fields(make(location=location, ttl=ttl), "w")["value"]
+        node["value"] = record_value(make(location=location, ttl=ttl), "w")
     return {"action": action, "node": node}
 
 
 def held_ttls(mirror: Mirror, store: EtcdStore, location: str) -> object:
-    found = mirror._tree.get("web", {}).get("1.0", {}).get(encode_part(location))
+    instance_id = encode_part(make(location=location).instance_id)
+    found = mirror._tree.get(NS, {}).get("web", {}).get(instance_id)
     return None if found is None else (found[0], found[1] and found[1].ttl)
 
 
 def test_a_late_event_never_undoes_a_newer_write_of_this_process() -> None:
     mirror, store = copy_for_events()
-    key = store._key("web", "1.0", "a")
+    key = store._key(make(location="a").key)
     mirror.put(key, 12, make(location="a", ttl=60))  # this process's write, at index 12
     mirror.apply_event(event(store, "set", "a", 11, ttl=30))  # another's, older, arrives late
     assert held_ttls(mirror, store, "a") == (12, 60)
@@ -377,11 +384,48 @@ def test_deleting_a_directory_removes_everything_under_it() -> None:
     for n, location in enumerate(["a", "b"]):
         mirror.apply_event(event(store, "set", location, 10 + n))
     mirror.apply_event(
-        {"action": "delete", "node": {"key": "/b/web", "dir": True, "modifiedIndex": 20}}
+        {
+            "action": "delete",
+            "node": {"key": "/b/%ns/default/web", "dir": True, "modifiedIndex": 20},
+        }
     )
     assert held_ttls(mirror, store, "a") == (20, None)
     assert held_ttls(mirror, store, "b") == (20, None)
     mirror.apply_event(event(store, "set", "c", 21))
-    mirror.apply_event({"action": "delete", "node": {"key": "/", "dir": True, "modifiedIndex": 22}})
+    mirror.apply_event(
+        {"action": "delete", "node": {"key": "/b/%ns/default", "dir": True, "modifiedIndex": 22}}
+    )
     assert held_ttls(mirror, store, "c") == (22, None)
+    mirror.apply_event(event(store, "set", "d", 23))
+    mirror.apply_event({"action": "delete", "node": {"key": "/", "dir": True, "modifiedIndex": 24}})
+    assert held_ttls(mirror, store, "d") == (24, None)
     store.close()
+
+
+def test_keys_of_another_layout_never_enter_the_copy() -> None:
+    mirror, store = copy_for_events()
+    value = record_value(make(location="a"), "w")
+    old = {"key": "/b/web/1.0/a", "modifiedIndex": 5, "value": value}  # 0.2.0's layout
+    mirror.apply_event({"action": "set", "node": old})
+    assert mirror._tree == {}
+    store.close()
+
+
+def test_services_are_answered_from_the_copy(cached: EtcdStore, other: EtcdStore) -> None:
+    cached.put(make("web", location="a"))
+    cached.put(make("api", location="b", status="DOWN"))
+    other.put(make("web", location="c", namespace="elsewhere"))
+    cached.hold_cache(True)  # the copy answers: no etcd read would see this one
+    try:
+        other.put(make("zzz", location="d"))
+        assert served_from_the_copy(cached)
+        assert cached.services(NS, time.time()) == [
+            ServiceSummary("api", 1, 0),
+            ServiceSummary("web", 1, 1),
+        ]
+    finally:
+        cached.hold_cache(False)
+    eventually(
+        lambda: [s.service_name for s in cached.services(NS, time.time())] == ["api", "web", "zzz"]
+    )
+    assert cached.services("elsewhere", time.time()) == [ServiceSummary("web", 1, 1)]

@@ -8,10 +8,13 @@ moves every live one to its key of today and deletes every old one:
    TTL (none if it had none); if it exists already, another process converted
    it first, or the instance registered again since: that key stays as it is;
 2. delete the old key with ``prevIndex`` of the read. If it is gone, another
-   process converted it first: a key this call created is deleted again (with
-   its own ``prevIndex``), so that an instance deregistered meanwhile never
-   comes back. If it changed (a 0.2.0 process still refreshes it), this call's
-   key is deleted again and the old key converted anew from a fresh read.
+   process deleted it: after this call's create (it found that key and left
+   it), or before it, and then this call's key may stand for an instance
+   deregistered meanwhile: etcd's event history says which (the old key's
+   removal at an index below this call's create), and in that case this call's
+   key is deleted again (with its own ``prevIndex``), so that it never comes
+   back. If the old key changed (a 0.2.0 process still refreshes it), this
+   call's key is deleted again and the old key converted anew from a fresh read.
 
 So several processes may convert at once, each instance ends up once, and a
 second run finds nothing to do. Expired old records are deleted, never
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 #: How often one old key is converted again when a 0.2.0 process keeps changing it.
 _ATTEMPTS = 5
+_REMOVALS = frozenset({"delete", "compareAndDelete", "expire"})
 
 
 def convert_old_keys(cluster: Cluster, base_path: str, timeout: float) -> int:
@@ -99,7 +103,11 @@ def _convert(cluster: Cluster, base_path: str, node: dict[str, Any], timeout: fl
             cluster.call(time.monotonic() + timeout, "DELETE", old_path, prevIndex=old_index)
             return 1 if created is not None else 0
         except etcd.EtcdKeyNotFound:
-            _undo(cluster, new_path, created, timeout)  # another process converted it first
+            removed = created is not None and _removed_before(
+                cluster, old_path, old_index, created, timeout
+            )
+            if removed:
+                _undo(cluster, new_path, created, timeout)  # converted by another, then removed
             return 0
         except etcd.EtcdCompareFailed:
             _undo(cluster, new_path, created, timeout)  # changed since the read: read it again
@@ -111,6 +119,31 @@ def _convert(cluster: Cluster, base_path: str, node: dict[str, Any], timeout: fl
         f"etcd store: could not convert keyard 0.2.0's key {node.get('key')!r}: it changed "
         f"{_ATTEMPTS} times while being converted; stop the keyard 0.2.0 processes that "
         "still write to this base_path"
+    )
+
+
+def _removed_before(
+    cluster: Cluster, path: str, read_at: int, created: dict[str, Any], timeout: float
+) -> bool:
+    """True when etcd's history says the old key was removed before this call's create.
+
+    The first change of the key after the read (a watch from the read's index:
+    etcd answers it from its history at once). False when the history does not
+    reach back that far: then the key this call created stays.
+    """
+    created_at = (created.get("node") or {}).get("modifiedIndex")
+    try:
+        event = cluster.call(
+            time.monotonic() + timeout, "GET", path, wait="true", waitIndex=str(read_at + 1)
+        )
+    except (etcd.EtcdEventIndexCleared, etcd.EtcdKeyNotFound):
+        return False
+    removed_at = (event.get("node") or {}).get("modifiedIndex")
+    return (
+        event.get("action") in _REMOVALS
+        and isinstance(removed_at, int)
+        and isinstance(created_at, int)
+        and removed_at < created_at
     )
 
 
