@@ -1,7 +1,7 @@
 """Load-balancing strategies: small named objects that pick one instance.
 
 Add a strategy by adding an object with a ``name`` and a ``choose`` method to
-:data:`STRATEGIES`. An unknown name is an error, never a silent fallback.
+:func:`default_strategies`. An unknown name is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ class WeightedStrategy:
         return random.choices(instances, weights)[0]
 
 
-STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy
-    for strategy in (RandomStrategy(), RoundRobinStrategy(), WeightedStrategy())
-}
+def default_strategies() -> dict[str, Strategy]:
+    """A fresh set of the built-in strategies (each registry keeps its own turns)."""
+    return {
+        strategy.name: strategy
+        for strategy in (RandomStrategy(), RoundRobinStrategy(), WeightedStrategy())
+    }

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from keyard import model
-from keyard.balancing import STRATEGIES, Strategy
+from keyard.balancing import Strategy, default_strategies
 from keyard.errors import InvalidInput, NotFound
 from keyard.model import (
     DEFAULT_WEIGHT,
@@ -61,12 +61,12 @@ class Registry:
         *,
         clock: Clock = time.time,
         ttl: TtlPolicy | None = None,
-        strategies: Mapping[str, Strategy] = STRATEGIES,
+        strategies: Mapping[str, Strategy] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.ttl = ttl or TtlPolicy()
-        self.strategies = strategies
+        self.strategies = strategies if strategies is not None else default_strategies()
 
     # -- writes ------------------------------------------------------------------------
 

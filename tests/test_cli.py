@@ -200,7 +200,10 @@ def test_serve_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     bad.write_text('{"store_type": "nope"}')
     result = keyard("serve", "--config", str(bad))
     assert_one_line_error(
-        result, 2, "store_type 'nope' is not a known store; available: etcd, redis, simple, sqlite"
+        result,
+        2,
+        f"config file {str(bad)!r}: "
+        "store_type 'nope' is not a known store; available: etcd, redis, simple, sqlite",
     )
 
     result = keyard("serve", env={"KEYARD_CONFIG": str(tmp_path / "missing.json")})
