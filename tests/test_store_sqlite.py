@@ -18,7 +18,7 @@ from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
 from keyard.model import DEFAULT_NAMESPACE as NS
 from keyard.model import InstanceKey, derived_instance_id
 from keyard.stores import create_store
-from keyard.stores.sqlite import PURGE_BATCH, TABLE, SqliteStore
+from keyard.stores.sqlite import FILE_CHECK_INTERVAL, PURGE_BATCH, TABLE, SqliteStore
 from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 
 
@@ -86,11 +86,70 @@ def test_a_path_that_cannot_hold_a_database_fails_at_creation(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"option path .*file/registry.db.* cannot hold"):
         create_store("sqlite", {"path": str(tmp_path / "file" / "registry.db")})
     (tmp_path / "dir.db").mkdir()
-    with pytest.raises(ConfigError, match="cannot hold a database"):
+    with pytest.raises(ConfigError, match="cannot hold a database.* is a directory; name a file"):
         create_store("sqlite", {"path": str(tmp_path / "dir.db")})
     (tmp_path / "garbage.db").write_bytes(b"this is not an SQLite database, not at all" * 100)
     with pytest.raises(ConfigError, match="cannot hold a database"):
         create_store("sqlite", {"path": str(tmp_path / "garbage.db")})
+
+
+@pytest.mark.parametrize("below", ["registry.db", "data/registry.db", "a/b/registry.db"])
+def test_a_parent_path_that_is_a_file_says_so(tmp_path: Path, below: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / below
+    with pytest.raises(ConfigError) as caught:
+        SqliteStore(path)
+    message = str(caught.value)
+    assert f"{str(tmp_path / 'file')!r} is a file, not a directory" in message, message
+    assert "Errno" not in message, message
+
+
+_OPEN_STORE_UNPRIVILEGED = """
+import sys
+from keyard.errors import ConfigError
+from keyard.stores.sqlite import SqliteStore
+try:
+    SqliteStore(sys.argv[1]).close()
+except ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+print("opened")
+"""
+
+
+def _open_without_privileges(path: Path) -> subprocess.CompletedProcess[str]:
+    """Open a store at ``path`` in a process that file modes bind (root drops DAC override)."""
+    command = [sys.executable, "-c", _OPEN_STORE_UNPRIVILEGED, str(path)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root, and no setpriv to drop CAP_DAC_OVERRIDE with")
+        drop = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+@pytest.mark.parametrize(
+    "case", ["new file", "new directories", "existing database"]
+)
+def test_an_unwritable_data_directory_says_permission_denied(tmp_path: Path, case: str) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    path = directory / ("a/b/registry.db" if case == "new directories" else "registry.db")
+    if case == "existing database":  # the -wal and -shm files cannot be made beside it
+        SqliteStore(path).close()
+        for extra in ("registry.db-wal", "registry.db-shm"):
+            (directory / extra).unlink(missing_ok=True)
+    directory.chmod(0o555)
+    try:
+        done = _open_without_privileges(path)
+    finally:
+        directory.chmod(0o755)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "cannot hold a database" in done.stdout
+    assert "permission denied" in done.stdout.lower(), done.stdout
+    assert str(directory) in done.stdout
 
 
 def test_whole_number_path_from_an_environment_variable_is_taken_as_text(
@@ -297,8 +356,9 @@ def test_a_lost_database_directory_is_store_unavailable_then_recovers(tmp_path: 
             child.unlink()
         directory.rmdir()
         directory.write_text("the directory is now a file")
-        with pytest.raises(StoreUnavailable, match="unable to open database file"):
+        with pytest.raises(StoreUnavailable, match="unable to open database file") as caught:
             store.lookup(NS, "web", None, time.time())
+        assert f"{str(directory)!r} is a file, not a directory" in str(caught.value)
         with pytest.raises(StoreUnavailable):
             store.put(make(location="b"))
         directory.unlink()
@@ -363,6 +423,68 @@ def test_a_database_deleted_or_replaced_while_in_use_is_store_unavailable_never_
         restarted.close()
 
 
+@pytest.mark.parametrize("how", ["directory removed", "file removed", "file replaced"])
+def test_reads_refuse_a_deleted_or_replaced_database_even_before_any_write(
+    tmp_path: Path, how: str
+) -> None:
+    """Reads look at the file at most every FILE_CHECK_INTERVAL: a lookup, get or services
+    call made after that, with no write in between, answers StoreUnavailable, not a registry
+    that no other process sees (0.2.0 answered an empty list)."""
+    directory = tmp_path / "data"
+    path = directory / "registry.db"
+    store = SqliteStore(path)
+    try:
+        store.put(make(location="before"))
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["before"]  # cached
+        if how == "directory removed":
+            shutil.rmtree(directory)
+        elif how == "file removed":
+            path.unlink()
+        else:
+            replacement = SqliteStore(tmp_path / "new.db")
+            replacement.close()
+            os.replace(tmp_path / "new.db", path)
+        time.sleep(FILE_CHECK_INTERVAL + 0.05)
+        for call in (
+            lambda: store.lookup(NS, "web", None, time.time()),
+            lambda: store.lookup(NS, "web", "1.0", time.time()),
+            lambda: store.get(make(location="before").key, time.time()),
+            lambda: store.services(NS, time.time()),
+        ):
+            with pytest.raises(StoreUnavailable, match="deleted or replaced .* restart keyard"):
+                call()
+    finally:
+        store.close()
+
+
+def test_reads_look_at_the_file_at_most_every_check_interval(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(db_path)
+    try:
+        store.put(make(location="a"))
+        store.lookup(NS, "web", None, time.time())
+        looks: list[object] = []
+        real_stat = os.stat
+
+        def counted_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+            if str(path) == str(db_path):
+                looks.append(path)
+            return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "stat", counted_stat)
+        started = time.monotonic()
+        calls = 0
+        while time.monotonic() - started < FILE_CHECK_INTERVAL * 2.5:
+            store.lookup(NS, "web", None, time.time())
+            calls += 1
+        assert calls > 100
+        assert 1 <= len(looks) <= 3, (calls, len(looks))
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
 _OPEN_STORE = """
 import sys
 from keyard.errors import ConfigError
@@ -394,6 +516,15 @@ def test_a_read_only_database_file_fails_at_creation(tmp_path: Path) -> None:
         path.chmod(0o644)
     assert done.returncode == 3, done.stderr
     assert "cannot hold a database: attempt to write a readonly database" in done.stdout
+
+
+def test_the_store_says_it_is_shared_across_processes(db_path: Path) -> None:
+    assert SqliteStore.shared_across_processes is True
+    store = SqliteStore(db_path)
+    try:
+        assert store.shared_across_processes is True
+    finally:
+        store.close()
 
 
 def test_a_busy_database_does_not_fail_creation(db_path: Path) -> None:

@@ -355,6 +355,20 @@ def _why_unopenable(path: Path) -> str | None:
     return None
 
 
+def _why_not_made(directory: Path) -> str | None:
+    """Why ``directory`` cannot be made: the nearest existing ancestor is not writable."""
+    for ancestor in directory.parents:
+        if ancestor.is_dir():
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                return (
+                    f"permission denied: keyard cannot create the directory {str(directory)!r} "
+                    f"in {str(ancestor)!r}; make it writable by the user keyard runs as, "
+                    "create the directory beforehand, or choose another path"
+                )
+            return None
+    return None
+
+
 class _Checkpointer:
     """A daemon thread that checkpoints the log every CHECKPOINT_INTERVAL, in one process.
 
@@ -504,10 +518,14 @@ class SqliteStore(Store):
             ) from exc
 
     def _make_parent_directory(self) -> None:
+        """Make the directories of ``path``; an OSError that names the part to change if not."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError as exc:  # a part of the path is a file
-            raise OSError(_why_unopenable(self.path) or str(exc)) from exc
+        except OSError as exc:  # a part of the path is a file, or may not be written to
+            why = _why_unopenable(self.path) or _why_not_made(self.path.parent)
+            if why is None:
+                raise
+            raise OSError(why) from exc
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SqliteStore:
