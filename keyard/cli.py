@@ -155,6 +155,16 @@ def _metadata(ctx: click.Context, param: click.Parameter, value: Sequence[str]) 
         raise click.BadParameter(str(exc)) from exc
 
 
+def _status(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """One status, in any case."""
+    if value is None:
+        return None
+    try:
+        return model.check_status(value.strip().upper())
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 def _status_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Comma-separated statuses (any case), or ``any``."""
     if value is None or value.strip().lower() == "any":
@@ -225,7 +235,8 @@ def _spec_options(command: F) -> F:
         ),
         click.option(
             "--status",
-            type=click.Choice(STATUSES, case_sensitive=False),
+            metavar="|".join(STATUSES),
+            callback=_status,
             envvar="KEYARD_STATUS",
             show_envvar=True,
             help="The status the instance reports [registry default: UP; else kept].",
@@ -271,7 +282,7 @@ def _spec_options(command: F) -> F:
     ) -> Any:
         spec = InstanceSpec(
             instance_id=instance_id,
-            status=status.upper() if status is not None else None,
+            status=status,
             tags=tags or None,
             metadata=metadata or None,
             weight=weight,

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from keyard.app import create_app
 from keyard.cli import main
-from keyard.client import ConnectionFailed, KeyardClient
+from keyard.client import ConnectionFailed, InstanceSpec, KeyardClient
 from tests.conftest import free_port, wait_until
 from tests.gunicorn_server import REPO_ROOT
 from tests.wsgi_thread import ThreadServer, serve_in_thread
@@ -32,6 +32,11 @@ ENV_NAMES = [
     "KEYARD_TTL",
     "KEYARD_REFRESH_EVERY",
     "KEYARD_CONFIG",
+    "KEYARD_INSTANCE_ID",
+    "KEYARD_STATUS",
+    "KEYARD_TAGS",
+    "KEYARD_METADATA",
+    "KEYARD_WEIGHT",
 ]
 
 
@@ -127,6 +132,169 @@ def test_an_option_wins_over_the_environment(registry: ThreadServer) -> None:
     assert (result.exit_code, result.stdout) == (0, "")
 
 
+def test_register_with_tags_metadata_weight_status_and_an_id(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    result = keyard(
+        "register", "--url", registry.url, "--service-name", "web", "--location", "http://h:1",
+        "--instance-id", "web-1", "--tag", "blue", "--tag", "canary", "--meta", "zone=eu-1",
+        "--meta", "note=a=b", "--weight", "50", "--status", "starting",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("registered web 1.0 at http://h:1 (ttl 30 s, expires 20")
+    assert result.stdout.endswith(
+        "; instance web-1, status STARTING, weight 50, tags blue,canary, "
+        "metadata zone=eu-1,note=a=b\n"
+    )
+    record = client.instance("web", "web-1")
+    assert (record.status, record.tags, dict(record.metadata), record.weight) == (
+        "STARTING", ("blue", "canary"), {"zone": "eu-1", "note": "a=b"}, 50,
+    )  # fmt: skip
+
+    again = keyard("register", "--url", registry.url, "--service-name", "web",
+                   "--location", "http://h:1", "--instance-id", "web-1")  # fmt: skip
+    assert again.stdout.startswith("refreshed web 1.0")
+    assert "tags blue,canary" in again.stdout  # left out: kept
+
+
+def test_the_spec_options_come_from_the_environment(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    env = {
+        "KEYARD_URL": registry.url,
+        "KEYARD_SERVICE_NAME": "web",
+        "KEYARD_SERVICE_LOCATION": "x",
+        "KEYARD_INSTANCE_ID": "env-1",
+        "KEYARD_STATUS": "down",
+        "KEYARD_TAGS": "a b",
+        "KEYARD_METADATA": "zone=eu rack=7",
+        "KEYARD_WEIGHT": "9",
+    }
+    assert keyard("register", env=env).exit_code == 0
+    record = client.instance("web", "env-1")
+    assert (record.status, record.tags, dict(record.metadata), record.weight) == (
+        "DOWN", ("a", "b"), {"zone": "eu", "rack": "7"}, 9,
+    )  # fmt: skip
+
+
+def test_services_lists_a_table_or_json(registry: ThreadServer, client: KeyardClient) -> None:
+    url = ["--url", registry.url]
+    assert keyard("services", *url).stdout == ""
+    client.register("web", "a")
+    client.register("web", "b", spec=InstanceSpec(status="DOWN"))
+    client.register("api", "c")
+
+    assert keyard("services", *url).stdout == (
+        "SERVICE  INSTANCES  UP\n"
+        "api      1          1\n"
+        "web      2          1\n"
+    )
+    as_json = keyard("services", "--format", "json", *url)
+    assert json.loads(as_json.stdout) == [
+        {"service_name": "api", "instances": 1, "up": 1},
+        {"service_name": "web", "instances": 2, "up": 1},
+    ]
+
+
+def test_instances_lists_full_records_with_filters(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    url = ["--url", registry.url]
+    client.register("web", "http://h:1", ttl=60, spec=InstanceSpec(
+        instance_id="w1", tags=["blue", "eu"], metadata={"zone": "eu-1"}, weight=50))
+    client.register("web", "http://h:2", spec=InstanceSpec(instance_id="w2", tags=["eu"]))
+    client.register("web", "http://h:3", version="2.0", spec=InstanceSpec(
+        instance_id="w3", status="STARTING"))  # fmt: skip
+    client.set_status("web", "w2", "OUT_OF_SERVICE")
+
+    table = keyard("instances", "web", *url)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "INSTANCE", "VERSION", "LOCATION", "STATUS", "WEIGHT", "TAGS", "METADATA", "EXPIRES"
+    ]  # fmt: skip
+    assert lines[1].split()[:7] == ["w1", "1.0", "http://h:1", "UP", "50", "blue,eu", "zone=eu-1"]
+    assert lines[2].split()[:8] == [
+        "w2", "1.0", "http://h:2", "OUT_OF_SERVICE", "(maintenance)", "100", "eu", "-"
+    ]  # fmt: skip
+    assert lines[3].split()[:4] == ["w3", "2.0", "http://h:3", "STARTING"]
+    assert len(lines) == 4
+    assert lines[0].index("LOCATION") == lines[1].index("http://h:1")  # aligned columns
+
+    def ids(*args: str) -> list[str]:
+        result = keyard("instances", "web", "--format", "json", *args, *url)
+        assert result.exit_code == 0, result.output
+        return [record["instance_id"] for record in json.loads(result.stdout)]
+
+    assert ids() == ["w1", "w2", "w3"]
+    assert ids("--version", "2.0") == ["w3"]
+    assert ids("--tag", "eu") == ["w1", "w2"]
+    assert ids("--tag", "eu", "--tag", "blue") == ["w1"]
+    assert ids("--status", "up") == ["w1"]
+    assert ids("--status", "UP,OUT_OF_SERVICE") == ["w1", "w2"]
+    assert ids("--status", "any") == ["w1", "w2", "w3"]
+
+    records = json.loads(keyard("instances", "web", "--format", "json", *url).stdout)
+    assert records[0] == {
+        **records[0],
+        "namespace": "default", "service_name": "web", "version": "1.0", "instance_id": "w1",
+        "location": "http://h:1", "status": "UP", "tags": ["blue", "eu"],
+        "metadata": {"zone": "eu-1"}, "weight": 50, "ttl": 60,
+    }  # fmt: skip
+    assert "status_override" not in records[0]
+    assert records[1]["status_override"] == "OUT_OF_SERVICE"
+    assert records[0]["expires_at"].endswith("Z")
+    assert keyard("instances", "nobody", *url).stdout == ""
+
+
+def test_maintenance_on_and_off(registry: ThreadServer, client: KeyardClient) -> None:
+    url = ["--url", registry.url]
+    client.register("web", "http://h:1", spec=InstanceSpec(instance_id="w1"))
+    client.register("web", "http://h:2", spec=InstanceSpec(instance_id="w2"))
+
+    on = keyard("maintenance", "on", "web", "w1", *url)
+    assert (on.exit_code, on.stdout) == (
+        0,
+        "web w1 at http://h:1: OUT_OF_SERVICE (maintenance); lookups skip it until "
+        "'keyard maintenance off web w1'\n",
+    )
+    assert client.lookup("web") == ["http://h:2"]
+    off = keyard("maintenance", "off", "web", "w1", *url)
+    assert (off.exit_code, off.stdout) == (0, "web w1 at http://h:1: maintenance off, status UP\n")
+    assert client.lookup("web") == ["http://h:1", "http://h:2"]
+
+    unknown = keyard("maintenance", "on", "web", "nope", *url)
+    assert_one_line_error(unknown, 1, "no live instance 'nope' of service 'web'")
+
+
+def test_unregister_by_instance_id_leaves_the_others_at_that_location(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    client.register("web", "shared", spec=InstanceSpec(instance_id="one"))
+    client.register("web", "shared", spec=InstanceSpec(instance_id="two"))
+    result = keyard("unregister", "--url", registry.url, "--service-name", "web",
+                    "--instance-id", "one")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "deregistered web 1.0 at shared (instance one)\n"
+    assert [i.instance_id for i in client.instances("web")] == ["two"]
+
+
+def test_refresh_every_not_shorter_than_the_registrys_default_ttl_is_a_usage_error(
+    registry: ThreadServer, client: KeyardClient
+) -> None:
+    result = keyard("register", "--url", registry.url, "--service-name", "web",
+                    "--location", "x", "--refresh-every", "40")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.endswith(
+        "Error: --refresh-every: interval (40 s) must be shorter than the ttl the registry "
+        "answered (30 s), or the instance expires between health checks; give a shorter "
+        "--refresh-every or a longer --ttl\n"
+    )
+    assert "Traceback" not in result.output
+    assert client.instances("web") == []  # registered to learn the TTL, then deregistered
+
+
 # -- the registry answered an error, or cannot be reached: exit code 1 ---------------------
 
 
@@ -181,6 +349,47 @@ def test_an_unreachable_registry_exits_1() -> None:
              "--refresh-every", "5"],
             "must be shorter than the ttl",
         ),
+        (["register", "--service-name", "", "--location", "x"],
+         "'--service-name' (env var: 'KEYARD_SERVICE_NAME'): service_name must not be empty"),
+        (["register", "--service-name", "  ", "--location", "x"], "must not be empty"),
+        (["register", "--service-name", "w", "--location", ""], "location must not be empty"),
+        (["register", "--service-name", "w", "--location", "x", "--version", ""],
+         "version must not be empty"),
+        (["register", "--service-name", "w" * 129, "--location", "x"],
+         "service_name is 129 characters long; the limit is 128"),
+        (["lookup", "--service-name", ""], "service_name must not be empty"),
+        (["unregister", "--service-name", "", "--location", "x"], "must not be empty"),
+        (["register", "--service-name", "w", "--location", "x", "--weight", "1001"],
+         "'--weight'"),
+        (["register", "--service-name", "w", "--location", "x", "--weight", "heavy"],
+         "'heavy' is not a valid integer"),
+        (["register", "--service-name", "w", "--location", "x", "--status", "asleep"],
+         "status 'ASLEEP' is not known; valid: UP, DOWN, STARTING, OUT_OF_SERVICE"),
+        (["register", "--service-name", "w", "--location", "x", "--meta", "zone"],
+         "expected KEY=VALUE, got 'zone'"),
+        (["register", "--service-name", "w", "--location", "x", "--meta", "=v"],
+         "metadata keys must not be empty"),
+        (["register", "--service-name", "w", "--location", "x", "--meta", "k=1", "--meta",
+          "k=2"], "metadata key 'k' is given more than once"),
+        (["register", "--service-name", "w", "--location", "x", "--tag", "a", "--tag", "a"],
+         "tag 'a' is given more than once"),
+        (["register", "--service-name", "w", "--location", "x", "--tag", " "],
+         "tags must not contain an empty tag"),
+        (["register", "--service-name", "w", "--location", "x", "--instance-id", ""],
+         "instance_id must not be empty"),
+        (["unregister", "--service-name", "w"], "give either --location or --instance-id"),
+        (["unregister", "--service-name", "w", "--location", "x", "--instance-id", "i"],
+         "give either --location or --instance-id"),
+        (["unregister", "--service-name", "w", "--instance-id", "i", "--version", "2"],
+         "--version goes with --location"),
+        (["instances"], "Missing argument 'NAME'"),
+        (["instances", ""], "Invalid value for 'NAME': service_name must not be empty"),
+        (["instances", "w", "--status", "UP,RESTING"], "status 'RESTING' is not known"),
+        (["instances", "w", "--format", "xml"], "'--format'"),
+        (["services", "--format", "yaml"], "'--format'"),
+        (["maintenance", "sideways", "w", "i"], "No such command 'sideways'"),
+        (["maintenance", "on", "w"], "Missing argument 'INSTANCE_ID'"),
+        (["maintenance", "off", "w", ""], "instance_id must not be empty"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["serve", "--bind", "127.0.0.1:99999"], "'--bind'"),
         (["serve", "--bind", "127.0.0.1:abc"], "'--bind'"),
@@ -295,6 +504,26 @@ def test_register_refresh_every_exits_1_when_the_registry_is_down_at_start() -> 
     assert process.returncode == 1
     assert stderr.startswith("Error: cannot reach the registry at http://127.0.0.1:")
     assert stderr.count("\n") == 1
+
+
+def test_python_dash_m_keyard_runs_the_command_line(registry: ThreadServer) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KEYARD_URL": registry.url}
+    version = subprocess.run(
+        [sys.executable, "-m", "keyard", "--version"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (version.returncode, version.stdout) == (0, "keyard, version 0.2.0\n")
+    services = subprocess.run(
+        [sys.executable, "-m", "keyard", "services", "--format", "json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (services.returncode, services.stdout) == (0, "[]\n")
+    usage = subprocess.run(
+        [sys.executable, "-m", "keyard", "lookup"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert usage.returncode == 2
+    assert usage.stderr.startswith("Usage: keyard lookup [OPTIONS]")
 
 
 #: Requests gunicorn refuses before keyard's app sees them, and the status it answers.

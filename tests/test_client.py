@@ -284,7 +284,7 @@ def test_a_spec_takes_any_sequence_of_tags_and_any_mapping() -> None:
     assert spec.tags == ("a", "b")
     assert spec.fields() == {"tags": ["a", "b"], "metadata": {"k": "v"}}
     with pytest.raises(TypeError, match="not the string"):
-        InstanceSpec(tags="a,b")  # type: ignore[arg-type]
+        InstanceSpec(tags="a,b")
 
 
 def test_a_heartbeat_keeps_the_fields_it_does_not_send(client: KeyardClient) -> None:

@@ -208,9 +208,8 @@ class Heartbeat:
         if self._interval < self.registration.ttl:
             return None
         return (
-            f"interval ({self._interval:g} s) must be shorter than the ttl "
-            f"({self.registration.ttl} s, the registry's answer), "
-            "or the instance expires between health checks"
+            f"interval ({self._interval:g} s) must be shorter than the ttl the registry "
+            f"answered ({self.registration.ttl} s), or the instance expires between health checks"
         )
 
     def _instance_id(self) -> str | None:
