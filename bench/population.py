@@ -82,12 +82,8 @@ def targets() -> list[Registration]:
     made = []
     for n, location in enumerate(target_locations()):
         tags, metadata = _labels(n, "ab")
-        made.append(
-            Registration(
-                DEFAULT_NAMESPACE, TARGET, TARGET_VERSION, location,
-                tags=tags, metadata=metadata, weight=50 + 10 * n,
-            )  # fmt: skip
-        )
+        registration = Registration(DEFAULT_NAMESPACE, TARGET, TARGET_VERSION, location)
+        made.append(registration._replace(tags=tags, metadata=metadata, weight=50 + 10 * n))
     return made
 
 
