@@ -9,7 +9,7 @@ either and separates them; ``:``, ``{``, ``}`` and any unicode are safe):
 - ``<prefix>:{<ns>/<service>}:records``, a hash: member name -> the record
   (:func:`record_text`: a JSON object, one field a line, times as exact doubles);
 - ``<prefix>:{<ns>}:services``, a sorted set per namespace: member = ``<service>``
-  (encoded), score = the latest ``expires_at`` of its instances, so that
+  (encoded), score = at least the latest ``expires_at`` of its instances, so that
   :meth:`RedisStore.services` reads the live services without a SCAN.
 
 The ``{...}`` is a Redis Cluster hash tag: both keys of a service share a slot.
@@ -103,14 +103,14 @@ local function keep_alive(now, grace)
     end
     local ms = math.ceil((tonumber(last[2]) - now) * 1000) + grace
     if ms < 1 then ms = 1 end
-    ms = string.format('%.0f', ms)
-    redis.call('PEXPIRE', KEYS[1], ms)
-    redis.call('PEXPIRE', KEYS[2], ms)
-    redis.call('ZADD', KEYS[3], last[2], ARGV[4])
-    local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-    ms = math.ceil((tonumber(top[2]) - now) * 1000) + grace
-    if ms < 1 then ms = 1 end
-    redis.call('PEXPIRE', KEYS[3], string.format('%.0f', ms))
+    redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ms))
+    redis.call('PEXPIRE', KEYS[2], string.format('%.0f', ms))
+    -- The index's score only grows (a superset is enough: services() counts the live
+    -- instances), and the index outlives its longest-lived service.
+    if redis.call('ZADD', KEYS[3], 'GT', 'CH', last[2], ARGV[4]) == 1
+        and redis.call('PTTL', KEYS[3]) < ms then
+        redis.call('PEXPIRE', KEYS[3], string.format('%.0f', ms))
+    end
 end
 
 -- A record's lines by field name, and the names in their order.
@@ -347,9 +347,14 @@ def instance_from(namespace: str, service_name: str, fields: dict[str, Any]) -> 
 _NOT_A_RECORD = (ValueError, KeyError, TypeError, IndexError, RecursionError)
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_record(namespace: str, service_name: str, record: bytes) -> Instance:
     """The instance of a stored record; raises ValueError (or KeyError, TypeError...)
-    for a value keyard did not write."""
+    for a value keyard did not write.
+
+    Cached: between two heartbeats of an instance every lookup reads the same record
+    (an Instance is immutable, so one may be shared).
+    """
     return instance_from(namespace, service_name, json.loads(record))
 
 
@@ -361,13 +366,10 @@ def _parsed(namespace: str, service_name: str, record: bytes) -> Instance | None
 
 
 def _instances(namespace: str, service_name: str, records: list[bytes]) -> list[Instance]:
-    """The instances of a lookup script's answer, unordered (one JSON parse for all;
-    values keyard did not write are skipped)."""
-    if not records:
-        return []
+    """The instances of a lookup script's answer, unordered (values keyard did not
+    write are skipped)."""
     try:
-        decoded = json.loads(b"[" + b",".join(records) + b"]")
-        return [instance_from(namespace, service_name, fields) for fields in decoded]
+        return [parse_record(namespace, service_name, record) for record in records]
     except _NOT_A_RECORD:
         found = (_parsed(namespace, service_name, record) for record in records)
         return [instance for instance in found if instance is not None]
