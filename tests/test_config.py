@@ -16,7 +16,6 @@ from keyard.errors import ConfigError
 from keyard.helpers import config
 from keyard.helpers.config import TTL_LIMIT
 from keyard.stores import options as opt
-from keyard.stores import store_class
 from keyard.stores.memory import MemoryStore
 
 
@@ -246,8 +245,6 @@ def test_a_valid_unused_store_section_is_accepted_without_building_the_store(
 def test_a_typo_in_an_unused_built_in_store_section_fails_at_start_up(
     store: str, section: dict
 ) -> None:
-    if getattr(store_class(store), "check_options", None) is None:
-        pytest.skip(f"the {store} store has no check_options classmethod yet")
     with pytest.raises(ConfigError) as failure:
         config.from_dict({"store_type": "simple", store: section})
     for word in [repr(store), next(iter(section)), "valid options"]:

@@ -70,6 +70,17 @@ class Store(abc.ABC):
     #: True when keyard processes that open the same store see one registry
     #: (callers check this, never a store's name).
     shared_across_processes: ClassVar[bool] = True
+    #: The names of the options the store's config section may hold (``None``: not said).
+    OPTIONS: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """ConfigError for an option the store does not know, without connecting or touching
+        files: every store section is checked at start-up, used or not."""
+        if cls.OPTIONS is not None:
+            from keyard.stores.options import reject_unknown
+
+            reject_unknown(cls.name, options, cls.OPTIONS)
 
     @classmethod
     @abc.abstractmethod

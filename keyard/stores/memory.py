@@ -29,6 +29,7 @@ class MemoryStore(Store):
     """
 
     name = "simple"
+    OPTIONS = ()
     shared_across_processes = False
 
     def __init__(self) -> None:

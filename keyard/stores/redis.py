@@ -512,6 +512,7 @@ class RedisStore(Store):
     """Instances in Redis: per service a sorted set by expiry and a hash of records."""
 
     name = "redis"
+    OPTIONS = _OPTIONS
     shared_across_processes = True
 
     def __init__(
@@ -559,7 +560,7 @@ class RedisStore(Store):
     def from_options(cls, options: Mapping[str, Any]) -> RedisStore:
         """Options: ``url``, or ``host``/``port``/``db``/``password``; ``prefix``;
         ``timeout``; ``cache``."""
-        opt.reject_unknown("redis", options, _OPTIONS)
+        cls.check_options(options)
         prefix = opt.text("redis", "prefix", options.get("prefix", DEFAULT_PREFIX))
         cache = opt.flag("redis", "cache", options.get("cache", False))
         timeout = opt.seconds(

@@ -462,6 +462,7 @@ class SqliteStore(Store):
     """
 
     name = "sqlite"
+    OPTIONS = ("path", "timeout")
     shared_across_processes = True
 
     def __init__(
@@ -530,7 +531,7 @@ class SqliteStore(Store):
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SqliteStore:
         """Options: ``path`` (default ``./keyard-data/registry.db``), ``timeout`` (seconds, 5)."""
-        opt.reject_unknown("sqlite", options, ("path", "timeout"))
+        cls.check_options(options)
         path = opt.text("sqlite", "path", options.get("path", DEFAULT_PATH))
         if path == ":memory:" or path.startswith("file:"):
             raise ConfigError(

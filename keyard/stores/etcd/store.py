@@ -112,6 +112,7 @@ class EtcdStore(Store):
     """
 
     name = "etcd"
+    OPTIONS = OPTIONS
     shared_across_processes = True
 
     def __init__(
@@ -162,7 +163,7 @@ class EtcdStore(Store):
         (``"/services"``), ``timeout`` (2 seconds), ``allow_reconnect``
         (true when ``host`` lists several members) and ``cache`` (false).
         """
-        opt.reject_unknown("etcd", options, OPTIONS)
+        cls.check_options(options)
         return cls(**options)
 
     @property
