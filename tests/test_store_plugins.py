@@ -8,6 +8,8 @@ leaves behind, found by ``importlib.metadata`` the same way.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -136,3 +138,33 @@ def test_the_app_runs_on_an_entry_point_store_configured_from_the_environment(
     api = webtest.TestApp(create_app(loaded))
     api.post_json("/keyard", {"service_name": "web", "location": "http://h:1"}, status=201)
     assert api.get("/keyard?service_name=web").json == {"result": ["http://h:1"]}
+
+
+CONTRACT_TEST = """
+import pytest
+
+from keyard.testing.store_contract import StoreContract
+from tinystore import TinyStore
+
+
+class TestTinyStore(StoreContract):
+    @pytest.fixture
+    def store(self):
+        return TinyStore("hi")
+"""
+
+
+def test_another_package_runs_the_contract_suite_without_a_keyard_checkout(
+    tinystore: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "test_tiny.py").write_text(CONTRACT_TEST)
+    env = {**os.environ, "PYTHONPATH": str(tinystore)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         str(outside)],
+        cwd=outside, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "failed" not in done.stdout

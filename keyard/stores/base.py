@@ -77,10 +77,13 @@ class Store(abc.ABC):
     def check_options(cls, options: Mapping[str, Any]) -> None:
         """ConfigError for an option the store does not know, without connecting or touching
         files: every store section is checked at start-up, used or not."""
-        if cls.OPTIONS is not None:
+        # Only a list the class declares itself: a subclass with options of its own
+        # (and its own from_options) must not be held to its parent's list.
+        known = vars(cls).get("OPTIONS")
+        if known is not None:
             from keyard.stores.options import reject_unknown
 
-            reject_unknown(cls.name, options, cls.OPTIONS)
+            reject_unknown(cls.name, options, known)
 
     @classmethod
     @abc.abstractmethod
