@@ -153,6 +153,34 @@ def derived_instance_id(version: str, location: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def from_keyard_0_2(
+    service_name: str, version: str, location: str, ttl: int, expires_at: float
+) -> Instance:
+    """What an instance that keyard 0.2 stored is in this record (the stores' upgrades).
+
+    0.2 kept no id, status, tags, metadata, weight or times but the expiry: the id is
+    derived, the rest take their defaults, and both times are the last heartbeat
+    (``expires_at - ttl``).
+    """
+    since = expires_at - ttl
+    return Instance(
+        namespace=DEFAULT_NAMESPACE,
+        service_name=service_name,
+        instance_id=derived_instance_id(version, location),
+        version=version,
+        location=location,
+        status=UP,
+        status_override=None,
+        tags=(),
+        metadata=_NO_METADATA,
+        weight=DEFAULT_WEIGHT,
+        ttl=ttl,
+        registered_at=since,
+        last_heartbeat_at=since,
+        expires_at=expires_at,
+    )
+
+
 def iso_time(seconds: float) -> str:
     """Unix seconds as ISO 8601 UTC with milliseconds: ``2026-11-22T02:29:27.972Z``."""
     moment = datetime.fromtimestamp(seconds, timezone.utc)

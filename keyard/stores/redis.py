@@ -56,12 +56,11 @@ from redis.retry import Retry
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.model import (
     DEFAULT_NAMESPACE,
-    DEFAULT_WEIGHT,
     UP,
     Instance,
     InstanceKey,
     ServiceSummary,
-    derived_instance_id,
+    from_keyard_0_2,
 )
 from keyard.stores import options as opt
 from keyard.stores.base import Store
@@ -765,7 +764,7 @@ class RedisStore(Store):
                 key = _old_member(member)
                 record, new_member = "", ""
                 if key is not None and ttl.isdigit():
-                    instance = _upgraded_instance(service_name, *key, int(ttl), expires_at)
+                    instance = from_keyard_0_2(service_name, *key, int(ttl), expires_at)
                     record, new_member = record_text(instance), _member(instance.instance_id)
                 args += [member, _score(expires_at), ttl, new_member, record]
             result = int(self._upgrade(keys=keys, args=args))
@@ -872,26 +871,3 @@ def _live(instances: list[Instance], version: str | None, now: float) -> list[In
     ]
     found.sort(key=_order)
     return found
-
-
-def _upgraded_instance(
-    service_name: str, version: str, location: str, ttl: int, expires_at: float
-) -> Instance:
-    """What a 0.2.0 instance is in the new record."""
-    since = expires_at - ttl
-    return Instance(
-        namespace=DEFAULT_NAMESPACE,
-        service_name=service_name,
-        instance_id=derived_instance_id(version, location),
-        version=version,
-        location=location,
-        status=UP,
-        status_override=None,
-        tags=(),
-        metadata={},
-        weight=DEFAULT_WEIGHT,
-        ttl=ttl,
-        registered_at=since,
-        last_heartbeat_at=since,
-        expires_at=expires_at,
-    )

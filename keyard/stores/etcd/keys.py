@@ -20,7 +20,10 @@ from typing import Any
 from urllib.parse import quote
 
 from keyard.errors import ConfigError
-from keyard.model import DEFAULT_NAMESPACE, DEFAULT_WEIGHT, UP, Instance, derived_instance_id
+from keyard.model import (
+    Instance,
+    from_keyard_0_2,
+)
 
 #: The longest key segment kept readable; longer parts are stored under a digest.
 MAX_SEGMENT = 150
@@ -231,23 +234,7 @@ def parse_old_record(base_path: str, key: str, value: str | None) -> Instance | 
     assert isinstance(service_name, str) and isinstance(version, str) and isinstance(location, str)
     if key != old_key(base_path, service_name, version, location):
         return None
-    ttl, expires_at = record["ttl"], record["expires_at"]
-    return Instance(
-        namespace=DEFAULT_NAMESPACE,
-        service_name=service_name,
-        instance_id=derived_instance_id(version, location),
-        version=version,
-        location=location,
-        status=UP,
-        status_override=None,
-        tags=(),
-        metadata={},
-        weight=DEFAULT_WEIGHT,
-        ttl=ttl,
-        registered_at=expires_at - ttl,
-        last_heartbeat_at=expires_at - ttl,
-        expires_at=expires_at,
-    )
+    return from_keyard_0_2(service_name, version, location, record["ttl"], record["expires_at"])
 
 
 def _old_record(value: str | None) -> dict[str, Any] | None:
