@@ -444,7 +444,7 @@ def test_a_cached_store_sees_converted_keys(etcd_server: EtcdServer, base_path: 
     store = EtcdStore(etcd_server.endpoint, base_path=base_path, cache=True)
     try:
         check_upgraded(etcd_server, store, base_path)
-        wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the copy loaded")
+        wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the cache loaded")
         assert store.cache_info()["instances"] == len(LIVE_0_2_0)  # type: ignore[index]
         check_upgraded(etcd_server, store, base_path)
     finally:

@@ -1,4 +1,4 @@
-"""The etcd store with ``cache: true`` against real etcd: the contract, and the copy's promises.
+"""The etcd store with ``cache: true`` against real etcd: the contract, and the cache's promises.
 
 Another store object on the same base path stands for another keyard process.
 Every wait polls with a deadline.
@@ -20,8 +20,8 @@ from keyard.helpers import config as config_module
 from keyard.model import DEFAULT_NAMESPACE, ServiceSummary
 from keyard.stores import create_store
 from keyard.stores.etcd import EtcdStore, encode_part
+from keyard.stores.etcd.cache import STALE_AFTER, EtcdCache
 from keyard.stores.etcd.keys import record_value
-from keyard.stores.etcd.mirror import STALE_AFTER, Mirror
 from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 from tests.conftest import wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
@@ -33,15 +33,15 @@ SEEN_WITHIN = 2.0
 
 
 def cached_store(endpoint: object, base_path: str, **options: object) -> EtcdStore:
-    """A store with the cache on, its copy loaded and current (``host`` in options wins)."""
+    """A store with the cache on, its cache loaded and current (``host`` in options wins)."""
     options.setdefault("host", endpoint)
     store = EtcdStore(base_path=base_path, cache=True, **options)  # type: ignore[arg-type]
-    store.lookup(NS, "-", None, time.time())  # starts the copy
-    wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the copy loaded")
+    store.lookup(NS, "-", None, time.time())  # starts the cache
+    wait_until(lambda: bool((store.cache_info() or {}).get("ready")), 10, "the cache loaded")
     return store
 
 
-def served_from_the_copy(store: EtcdStore) -> bool:
+def served_from_the_cache(store: EtcdStore) -> bool:
     info = store.cache_info()
     return info is not None and info["ready"]
 
@@ -63,7 +63,7 @@ class TestEtcdStoreCached(StoreContract):
     def store(self, etcd_server: EtcdServer) -> Iterator[EtcdStore]:
         store = cached_store(etcd_server.endpoint, unique_base_path())
         yield store
-        assert served_from_the_copy(store), "the contract ran against the copy"
+        assert served_from_the_cache(store), "the contract ran against the cache"
         store.close()
 
 
@@ -107,7 +107,7 @@ def test_own_writes_are_seen_at_once_without_the_watch(cached: EtcdStore) -> Non
         assert b.expires_at == refreshed.expires_at
         assert cached.deregister(make(location="a").key, time.time()) is not None
         assert locations(cached.lookup(NS, "web", None, time.time())) == ["b"]
-        assert served_from_the_copy(cached)
+        assert served_from_the_cache(cached)
         assert cached.cache_info()["events"] == 0  # type: ignore[index]
     finally:
         cached.hold_cache(False)
@@ -118,7 +118,7 @@ def test_another_process_registration_is_seen_within_a_bounded_wait(
 ) -> None:
     other.put(make(location="elsewhere"))
     eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["elsewhere"])
-    assert served_from_the_copy(cached)
+    assert served_from_the_cache(cached)
     assert cached.cache_info()["events"] >= 1  # type: ignore[index]
 
 
@@ -129,7 +129,7 @@ def test_another_process_deregistration_is_seen_within_a_bounded_wait(
     cached.put(make(location="b"))
     assert other.deregister(make(location="a").key, time.time()) is not None
     eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["b"])
-    assert served_from_the_copy(cached)
+    assert served_from_the_cache(cached)
 
 
 def test_another_process_refresh_moves_the_expiry_seen(cached: EtcdStore, other: EtcdStore) -> None:
@@ -159,9 +159,9 @@ def test_expiry_by_etcds_ttl_is_seen_and_never_returned_late(
         time.sleep(0.01)
     # Past its expiry it is gone from lookups at once, whether etcd's expire event came or not.
     assert locations(cached.lookup(NS, "web", None, time.time())) == ["lasting"]
-    # etcd expires the key by itself (within about a second): the copy drops it.
+    # etcd expires the key by itself (within about a second): the cache drops it.
     eventually(lambda: cached.cache_info()["instances"] == 1, within=5)  # type: ignore[index]
-    assert served_from_the_copy(cached)
+    assert served_from_the_cache(cached)
 
 
 def test_more_changes_than_etcd_keeps_while_the_watcher_is_held_lead_to_a_reload(
@@ -171,7 +171,7 @@ def test_more_changes_than_etcd_keeps_while_the_watcher_is_held_lead_to_a_reload
     cached.put(make(location="kept"))
     cached.hold_cache(True)
     try:
-        wait_until(lambda: not served_from_the_copy(cached), STALE_AFTER + 2, "the copy stale")
+        wait_until(lambda: not served_from_the_cache(cached), STALE_AFTER + 2, "the cache stale")
         # While it cannot be current, lookups are read from etcd.
         other.deregister(make(location="gone").key, time.time())
         assert locations(cached.lookup(NS, "web", None, time.time())) == ["kept"]
@@ -181,13 +181,13 @@ def test_more_changes_than_etcd_keeps_while_the_watcher_is_held_lead_to_a_reload
     finally:
         cached.hold_cache(False)
     expected = sorted([*added, "kept"])
-    eventually(lambda: served_from_the_copy(cached), within=10)
+    eventually(lambda: served_from_the_cache(cached), within=10)
     assert locations(cached.lookup(NS, "web", None, time.time())) == expected
     info = cached.cache_info()
     assert info is not None and info["loads"] == 2 and info["ready"]
 
 
-def test_lookups_answer_unavailable_while_etcd_is_down_and_the_copy_recovers_by_itself(
+def test_lookups_answer_unavailable_while_etcd_is_down_and_the_cache_recovers_by_itself(
     own_etcd: EtcdServer,
 ) -> None:
     base_path = unique_base_path()
@@ -210,12 +210,12 @@ def test_lookups_answer_unavailable_while_etcd_is_down_and_the_copy_recovers_by_
             with pytest.raises(StoreUnavailable):
                 cached.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < 1 + 1
-        assert not served_from_the_copy(cached)
+        assert not served_from_the_cache(cached)
         own_etcd.start()
         eventually(
             lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["before"], within=10
         )
-        eventually(lambda: served_from_the_copy(cached), within=10)
+        eventually(lambda: served_from_the_cache(cached), within=10)
         writer.put(make(location="after"))
         eventually(
             lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["after", "before"]
@@ -236,16 +236,16 @@ def test_close_stops_the_watcher_thread(etcd_server: EtcdServer, base_path: str)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_builds_its_own_copy(cached: EtcdStore, other: EtcdStore) -> None:
+def test_a_forked_child_builds_its_own_cache(cached: EtcdStore, other: EtcdStore) -> None:
     cached.put(make(location="before-fork"))
     pid = os.fork()
-    if pid == 0:  # the child: the parent's copy and thread must not be used here
+    if pid == 0:  # the child: the parent's cache and thread must not be used here
         code = 1
         try:
-            assert cached.cache_info() is None  # the parent's copy is not this process's
+            assert cached.cache_info() is None  # the parent's cache is not this process's
             assert locations(cached.lookup(NS, "web", None, time.time())) == ["before-fork"]
             deadline = time.monotonic() + 10
-            while not served_from_the_copy(cached) and time.monotonic() < deadline:
+            while not served_from_the_cache(cached) and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert cached.cache_info()["loads"] == 1  # type: ignore[index]
             other.put(make(location="after-fork"))
@@ -262,19 +262,19 @@ def test_a_forked_child_builds_its_own_copy(cached: EtcdStore, other: EtcdStore)
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    # The parent's copy goes on, and sees the child's write.
+    # The parent's cache goes on, and sees the child's write.
     eventually(lambda: "after-fork" in locations(cached.lookup(NS, "web", None, time.time())))
-    assert served_from_the_copy(cached)
+    assert served_from_the_cache(cached)
 
 
-def test_a_health_check_from_a_stale_copy_still_keeps_the_live_ttl(
+def test_a_health_check_from_a_stale_cache_still_keeps_the_live_ttl(
     cached: EtcdStore, other: EtcdStore
 ) -> None:
     cached.put(make(ttl=60))
-    cached.hold_cache(True)  # the copy keeps ttl 60 while another process changes it
+    cached.hold_cache(True)  # the cache keeps ttl 60 while another process changes it
     try:
         other.put(make(ttl=90))
-        assert served_from_the_copy(cached)
+        assert served_from_the_cache(cached)
         refreshed, new = cached.put(make(ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (90, False)
         other.deregister(WEB, time.time())
@@ -287,7 +287,7 @@ def test_a_health_check_from_a_stale_copy_still_keeps_the_live_ttl(
 
 
 @pytest.mark.slow
-def test_losing_the_watched_member_reads_the_copy_again_from_another(
+def test_losing_the_watched_member_reads_the_cache_again_from_another(
     etcd_cluster: EtcdCluster,
 ) -> None:
     leader = etcd_cluster.leader()
@@ -300,15 +300,15 @@ def test_losing_the_watched_member_reads_the_copy_again_from_another(
         writer.put(make(location="before"))
         eventually(lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["before"])
         leader.kill()
-        eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 1)
-        eventually(lambda: served_from_the_copy(cached), within=15)
+        eventually(lambda: not served_from_the_cache(cached), within=STALE_AFTER + 1)
+        eventually(lambda: served_from_the_cache(cached), within=15)
         assert cached.cache_info()["loads"] >= 2  # type: ignore[index]
         writer.put(make(location="after"))
         eventually(
             lambda: locations(cached.lookup(NS, "web", None, time.time())) == ["after", "before"],
             within=5,
         )
-        assert served_from_the_copy(cached)
+        assert served_from_the_cache(cached)
     finally:
         cached.close()
         writer.close()
@@ -316,7 +316,7 @@ def test_losing_the_watched_member_reads_the_copy_again_from_another(
 
 def test_a_stalled_etcd_is_noticed_and_lookups_answer_unavailable(own_etcd: EtcdServer) -> None:
     base_path = unique_base_path()
-    # A long timeout: the watch itself would only fail after it; the copy must stop
+    # A long timeout: the watch itself would only fail after it; the cache must stop
     # answering sooner, once etcd has not confirmed the watch for STALE_AFTER.
     cached = cached_store(own_etcd.endpoint, base_path, timeout=4)
     try:
@@ -324,27 +324,27 @@ def test_a_stalled_etcd_is_noticed_and_lookups_answer_unavailable(own_etcd: Etcd
         assert own_etcd.process is not None
         own_etcd.process.send_signal(signal.SIGSTOP)  # alive, answering nothing
         try:
-            eventually(lambda: not served_from_the_copy(cached), within=STALE_AFTER + 0.5)
+            eventually(lambda: not served_from_the_cache(cached), within=STALE_AFTER + 0.5)
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 cached.lookup(NS, "web", None, time.time())  # a read of etcd, failing in time
             assert time.monotonic() - started < 4 + 1
         finally:
             own_etcd.process.send_signal(signal.SIGCONT)
-        eventually(lambda: served_from_the_copy(cached), within=10)
+        eventually(lambda: served_from_the_cache(cached), within=10)
         assert locations(cached.lookup(NS, "web", None, time.time())) == ["before"]
     finally:
         cached.close()
 
 
-# -- the copy's ordering of changes (no etcd: events given by hand) ------------------
+# -- the cache's ordering of changes (no etcd: events given by hand) ------------------
 
 
-def copy_for_events() -> tuple[Mirror, EtcdStore]:
-    """A mirror that is never loaded from etcd; events and writes are applied by hand."""
+def cache_for_events() -> tuple[EtcdCache, EtcdStore]:
+    """A cache that is never loaded from etcd; events and writes are applied by hand."""
     store = EtcdStore("127.0.0.1:1", base_path="/b")
-    mirror = Mirror("/b", load=None, watch=None, parse=store._parse, timeout=1)  # type: ignore[arg-type]
-    return mirror, store
+    cache = EtcdCache("/b", load=None, watch=None, parse=store._parse, timeout=1)  # type: ignore[arg-type]
+    return cache, store
 
 
 def event(
@@ -357,68 +357,68 @@ def event(
     return {"action": action, "node": node}
 
 
-def held_ttls(mirror: Mirror, store: EtcdStore, location: str) -> object:
+def held_ttls(cache: EtcdCache, store: EtcdStore, location: str) -> object:
     instance_id = encode_part(make(location=location).instance_id)
-    found = mirror._tree.get(NS, {}).get("web", {}).get(instance_id)
+    found = cache._tree.get(NS, {}).get("web", {}).get(instance_id)
     return None if found is None else (found[0], found[1] and found[1].ttl)
 
 
 def test_a_late_event_never_undoes_a_newer_write_of_this_process() -> None:
-    mirror, store = copy_for_events()
+    cache, store = cache_for_events()
     key = store._key(make(location="a").key)
-    mirror.put(key, 12, make(location="a", ttl=60))  # this process's write, at index 12
-    mirror.apply_event(event(store, "set", "a", 11, ttl=30))  # another's, older, arrives late
-    assert held_ttls(mirror, store, "a") == (12, 60)
-    mirror.put(key, 14, None)  # this process removed it at 14
-    mirror.apply_event(event(store, "compareAndSwap", "a", 13))  # an older refresh arrives
-    assert held_ttls(mirror, store, "a") == (14, None)  # the tombstone holds
-    mirror.apply_event(event(store, "create", "a", 15, ttl=45))  # registered again, later
-    assert held_ttls(mirror, store, "a") == (15, 45)
-    mirror.apply_event(event(store, "expire", "a", 16))
-    assert held_ttls(mirror, store, "a") == (16, None)
+    cache.put(key, 12, make(location="a", ttl=60))  # this process's write, at index 12
+    cache.apply_event(event(store, "set", "a", 11, ttl=30))  # another's, older, arrives late
+    assert held_ttls(cache, store, "a") == (12, 60)
+    cache.put(key, 14, None)  # this process removed it at 14
+    cache.apply_event(event(store, "compareAndSwap", "a", 13))  # an older refresh arrives
+    assert held_ttls(cache, store, "a") == (14, None)  # the tombstone holds
+    cache.apply_event(event(store, "create", "a", 15, ttl=45))  # registered again, later
+    assert held_ttls(cache, store, "a") == (15, 45)
+    cache.apply_event(event(store, "expire", "a", 16))
+    assert held_ttls(cache, store, "a") == (16, None)
     store.close()
 
 
 def test_deleting_a_directory_removes_everything_under_it() -> None:
-    mirror, store = copy_for_events()
+    cache, store = cache_for_events()
     for n, location in enumerate(["a", "b"]):
-        mirror.apply_event(event(store, "set", location, 10 + n))
-    mirror.apply_event(
+        cache.apply_event(event(store, "set", location, 10 + n))
+    cache.apply_event(
         {
             "action": "delete",
             "node": {"key": "/b/%ns/default/web", "dir": True, "modifiedIndex": 20},
         }
     )
-    assert held_ttls(mirror, store, "a") == (20, None)
-    assert held_ttls(mirror, store, "b") == (20, None)
-    mirror.apply_event(event(store, "set", "c", 21))
-    mirror.apply_event(
+    assert held_ttls(cache, store, "a") == (20, None)
+    assert held_ttls(cache, store, "b") == (20, None)
+    cache.apply_event(event(store, "set", "c", 21))
+    cache.apply_event(
         {"action": "delete", "node": {"key": "/b/%ns/default", "dir": True, "modifiedIndex": 22}}
     )
-    assert held_ttls(mirror, store, "c") == (22, None)
-    mirror.apply_event(event(store, "set", "d", 23))
-    mirror.apply_event({"action": "delete", "node": {"key": "/", "dir": True, "modifiedIndex": 24}})
-    assert held_ttls(mirror, store, "d") == (24, None)
+    assert held_ttls(cache, store, "c") == (22, None)
+    cache.apply_event(event(store, "set", "d", 23))
+    cache.apply_event({"action": "delete", "node": {"key": "/", "dir": True, "modifiedIndex": 24}})
+    assert held_ttls(cache, store, "d") == (24, None)
     store.close()
 
 
-def test_keys_of_another_layout_never_enter_the_copy() -> None:
-    mirror, store = copy_for_events()
+def test_keys_of_another_layout_never_enter_the_cache() -> None:
+    cache, store = cache_for_events()
     value = record_value(make(location="a"), "w")
     old = {"key": "/b/web/1.0/a", "modifiedIndex": 5, "value": value}  # 0.2.0's layout
-    mirror.apply_event({"action": "set", "node": old})
-    assert mirror._tree == {}
+    cache.apply_event({"action": "set", "node": old})
+    assert cache._tree == {}
     store.close()
 
 
-def test_services_are_answered_from_the_copy(cached: EtcdStore, other: EtcdStore) -> None:
+def test_services_are_answered_from_the_cache(cached: EtcdStore, other: EtcdStore) -> None:
     cached.put(make("web", location="a"))
     cached.put(make("api", location="b", status="DOWN"))
     other.put(make("web", location="c", namespace="elsewhere"))
-    cached.hold_cache(True)  # the copy answers: no etcd read would see this one
+    cached.hold_cache(True)  # the cache answers: no etcd read would see this one
     try:
         other.put(make("zzz", location="d"))
-        assert served_from_the_copy(cached)
+        assert served_from_the_cache(cached)
         assert cached.services(NS, time.time()) == [
             ServiceSummary("api", 1, 0),
             ServiceSummary("web", 1, 1),

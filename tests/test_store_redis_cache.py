@@ -1,10 +1,10 @@
 """The redis store's ``cache`` option against a real redis-server.
 
 The contract suite runs twice with the cache on: once as keyard uses the store
-(a service's first lookup reads Redis and copies it, later ones read the copy),
-and once with every lookup answered from the copy. Then: changes made through
-another store object (another keyard process) reach the copy within a bounded
-wait, expiry needs no write, and the copy is never used while it may be
+(a service's first lookup reads Redis and caches it, later ones read the cache),
+and once with every lookup answered from the cache. Then: changes made through
+another store object (another keyard process) reach the cache within a bounded
+wait, expiry needs no write, and the cache is never used while it may be
 incomplete (Redis stopped, restarted, flushed).
 """
 
@@ -23,15 +23,15 @@ import redis
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.helpers import config
 from keyard.model import DEFAULT_NAMESPACE, Instance
-from keyard.stores import create_store, redis_mirror
+from keyard.stores import create_store, redis_cache
 from keyard.stores.redis import RedisStore, parse_record, record_text
-from keyard.stores.redis_mirror import REMOVED, Mirror
+from keyard.stores.redis_cache import REMOVED, RedisCache
 from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
 from tests.redis_server import RedisServer
 
 NS = DEFAULT_NAMESPACE
 
-#: How long a change may take to reach another process's copy in these tests.
+#: How long a change may take to reach another process's cache in these tests.
 PROPAGATION = 2.0
 
 
@@ -46,24 +46,24 @@ def poll(check: Callable[[], bool], timeout: float = PROPAGATION) -> bool:
         time.sleep(0.001)
 
 
-def started_mirror(store: RedisStore) -> Mirror:
-    """The store's copy, once current (its thread subscribed)."""
-    mirror = store._mirror_here()
-    assert mirror is not None
-    assert poll(lambda: mirror.current, timeout=10), "the cache never became current"
-    return mirror
+def started_cache(store: RedisStore) -> RedisCache:
+    """The store's cache, once current (its thread subscribed)."""
+    cache = store._cache_here()
+    assert cache is not None
+    assert poll(lambda: cache.current, timeout=10), "the cache never became current"
+    return cache
 
 
-def copied(store: RedisStore, service_name: str) -> Mirror:
-    """Look the service up until the copy answers for it; the copy."""
-    mirror = started_mirror(store)
+def cached(store: RedisStore, service_name: str) -> RedisCache:
+    """Look the service up until the cache answers for it; the cache."""
+    cache = started_cache(store)
     assert poll(
         lambda: (
             store.lookup(NS, service_name, None, time.time()) is not None
-            and mirror.lookup(NS, service_name, None, time.time()) is not None
+            and cache.lookup(NS, service_name, None, time.time()) is not None
         )
-    ), f"{service_name!r} never copied"
-    return mirror
+    ), f"{service_name!r} never cached"
+    return cache
 
 
 def cached_store(server: RedisServer, prefix: str, **options: object) -> RedisStore:
@@ -73,40 +73,40 @@ def cached_store(server: RedisServer, prefix: str, **options: object) -> RedisSt
 
 
 class TestCachedRedisStore(StoreContract):
-    """The contract, with lookups as keyard makes them: read and copy, then from the copy."""
+    """The contract, with lookups as keyard makes them: read and cache, then from the cache."""
 
     @pytest.fixture
     def store(self, redis_server: RedisServer, redis_prefix: str) -> Iterator[RedisStore]:
         store = cached_store(redis_server, redis_prefix)
-        started_mirror(store)
+        started_cache(store)
         yield store
         store.close()
 
 
-class CopyOnlyLookups(RedisStore):
-    """Every lookup answered from the copy: the service is copied first, then read there."""
+class CacheOnlyLookups(RedisStore):
+    """Every lookup answered from the cache: the service is cached first, then read there."""
 
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
     ) -> list[Instance]:
-        mirror = started_mirror(self)
-        super().lookup(namespace, service_name, version, now)  # copies the service if not yet
+        cache = started_cache(self)
+        super().lookup(namespace, service_name, version, now)  # caches the service if not yet
         found: list[list[Instance]] = []
         assert poll(
             lambda: (
-                (answer := mirror.lookup(namespace, service_name, version, now)) is not None
+                (answer := cache.lookup(namespace, service_name, version, now)) is not None
                 and not found.append(answer)
             )
-        ), f"{service_name!r} never copied"
+        ), f"{service_name!r} never cached"
         return found[0]
 
 
-class TestRedisStoreCopy(StoreContract):
-    """The contract, with every lookup answered by the copy."""
+class TestRedisStoreCacheOnly(StoreContract):
+    """The contract, with every lookup answered by the cache."""
 
     @pytest.fixture
     def store(self, redis_server: RedisServer, redis_prefix: str) -> Iterator[RedisStore]:
-        store = CopyOnlyLookups.from_options(
+        store = CacheOnlyLookups.from_options(
             {"url": redis_server.url, "prefix": redis_prefix, "cache": True}
         )
         yield store
@@ -122,7 +122,7 @@ def test_the_cache_is_off_by_default_and_set_by_the_option_or_the_environment(
     off = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     assert isinstance(off, RedisStore) and off.cache is False
     off.lookup(NS, "web", None, time.time())
-    assert off._mirror is None, "no copy, no thread without the option"
+    assert off._cache.here() is None, "no cache, no thread without the option"
     off.close()
     loaded = config.load(
         environ={
@@ -145,36 +145,36 @@ def test_a_cache_option_that_is_not_a_boolean_is_refused(value: object) -> None:
 # -- changes from elsewhere --------------------------------------------------------
 
 
-def test_changes_through_another_store_reach_the_copy_within_a_bounded_wait(
+def test_changes_through_another_store_reach_the_cache_within_a_bounded_wait(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     reader = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
         writer.put(make(location="a", ttl=300))
-        mirror = copied(reader, "web")
+        cache = cached(reader, "web")
 
-        def from_copy() -> list[tuple[str, int]]:
-            answer = mirror.lookup(NS, "web", None, time.time())
-            assert answer is not None, "the copy stopped answering"
+        def from_cache() -> list[tuple[str, int]]:
+            answer = cache.lookup(NS, "web", None, time.time())
+            assert answer is not None, "the cache stopped answering"
             return [(i.location, i.ttl) for i in answer]
 
         writer.put(make(location="b", ttl=300))
-        assert poll(lambda: from_copy() == [("a", 300), ("b", 300)]), from_copy()
+        assert poll(lambda: from_cache() == [("a", 300), ("b", 300)]), from_cache()
         writer.put(make(location="a", ttl=40))
-        assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
+        assert poll(lambda: from_cache() == [("a", 40), ("b", 300)]), from_cache()
         refreshed, new = writer.put(make(location="b", ttl=5), KEEP_ALL)
         assert (refreshed.ttl, new) == (300, False)
-        assert poll(lambda: from_copy() == [("a", 40), ("b", 300)]), from_copy()
+        assert poll(lambda: from_cache() == [("a", 40), ("b", 300)]), from_cache()
         assert writer.deregister(make(location="a").key, time.time()) is not None
-        assert poll(lambda: from_copy() == [("b", 300)]), from_copy()
+        assert poll(lambda: from_cache() == [("b", 300)]), from_cache()
         assert locations(reader.lookup(NS, "web", None, time.time())) == ["b"]
     finally:
         reader.close()
         writer.close()
 
 
-def test_overrides_new_tags_and_removals_elsewhere_reach_the_copy_within_milliseconds(
+def test_overrides_new_tags_and_removals_elsewhere_reach_the_cache_within_milliseconds(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     reader = cached_store(redis_server, redis_prefix)
@@ -182,7 +182,7 @@ def test_overrides_new_tags_and_removals_elsewhere_reach_the_copy_within_millise
     try:
         instance = make(location="a", ttl=300, tags=("old",))
         writer.put(instance)
-        mirror = copied(reader, "web")
+        cache = cached(reader, "web")
 
         def seen(check: Callable[[list[Instance]], bool]) -> float:
             started = time.monotonic()
@@ -200,74 +200,74 @@ def test_overrides_new_tags_and_removals_elsewhere_reach_the_copy_within_millise
         assert seen(lambda found: [i.status_override for i in found] == [None]) < 0.5
         writer.deregister(instance.key, time.time())
         assert seen(lambda found: found == []) < 0.5
-        assert mirror.lookup(NS, "web", None, time.time()) == [], "answered by the copy"
+        assert cache.lookup(NS, "web", None, time.time()) == [], "answered by the cache"
     finally:
         reader.close()
         writer.close()
 
 
-def test_own_overrides_are_in_the_copy_at_once(
+def test_own_overrides_are_in_the_cache_at_once(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     store = cached_store(redis_server, redis_prefix)
     try:
         instance = make(location="a", ttl=300)
         store.put(instance)
-        mirror = copied(store, "web")
+        cache = cached(store, "web")
         for status in ("DOWN", None, "OUT_OF_SERVICE", None):
             stored = store.set_override(instance.key, status, time.time())
-            assert mirror.lookup(NS, "web", None, time.time()) == [stored]
+            assert cache.lookup(NS, "web", None, time.time()) == [stored]
         assert store.set_override(make(location="nowhere").key, "DOWN", time.time()) is None
-        assert mirror._own == {}, "a write that published nothing leaves nothing waiting"
+        assert cache._own == {}, "a write that published nothing leaves nothing waiting"
     finally:
         store.close()
 
 
-def test_instances_leave_the_copy_at_their_expiry_without_any_write(
+def test_instances_leave_the_cache_at_their_expiry_without_any_write(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     reader = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
         writer.put(make(location="lasting", ttl=300))
-        mirror = copied(reader, "web")
+        cache = cached(reader, "web")
         brief = make(location="brief", ttl=1)
         writer.put(brief)
         assert poll(lambda: len(reader.lookup(NS, "web", None, time.time())) == 2)
         # At its expiry exactly, and after, never returned; before it, returned.
-        assert locations(mirror.lookup(NS, "web", None, brief.expires_at - 0.001) or []) == [
+        assert locations(cache.lookup(NS, "web", None, brief.expires_at - 0.001) or []) == [
             "brief",
             "lasting",
         ]
-        assert locations(mirror.lookup(NS, "web", None, brief.expires_at) or []) == ["lasting"]
-        assert locations(mirror.lookup(NS, "web", "1.0", brief.expires_at + 1) or []) == ["lasting"]
+        assert locations(cache.lookup(NS, "web", None, brief.expires_at) or []) == ["lasting"]
+        assert locations(cache.lookup(NS, "web", "1.0", brief.expires_at + 1) or []) == ["lasting"]
         # In real time, nothing written meanwhile.
         time.sleep(max(0.0, brief.expires_at - time.time()))
         assert locations(reader.lookup(NS, "web", None, time.time())) == ["lasting"]
-        assert mirror.lookup(NS, "web", None, time.time()) is not None, "answered by the copy"
+        assert cache.lookup(NS, "web", None, time.time()) is not None, "answered by the cache"
     finally:
         reader.close()
         writer.close()
 
 
-def test_own_writes_are_in_the_copy_at_once(redis_server: RedisServer, redis_prefix: str) -> None:
+def test_own_writes_are_in_the_cache_at_once(redis_server: RedisServer, redis_prefix: str) -> None:
     store = cached_store(redis_server, redis_prefix)
     try:
         store.put(make(location="a"))
-        mirror = copied(store, "web")
+        cache = cached(store, "web")
         for n in range(50):
             store.put(make(location=f"n{n}", ttl=100 + n))
-            answer = mirror.lookup(NS, "web", None, time.time())
+            answer = cache.lookup(NS, "web", None, time.time())
             assert answer is not None and f"n{n}" in locations(answer)
             refreshed, _ = store.put(make(location=f"n{n}", ttl=5), KEEP_ALL)
-            assert refreshed in (mirror.lookup(NS, "web", None, time.time()) or [])
+            assert refreshed in (cache.lookup(NS, "web", None, time.time()) or [])
             assert store.deregister(make(location=f"n{n}").key, time.time()) is not None
-            assert locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["a"]
+            assert locations(cache.lookup(NS, "web", None, time.time()) or []) == ["a"]
     finally:
         store.close()
 
 
-def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
+def test_concurrent_writes_from_two_processes_leave_the_cache_as_redis(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     """This process's writes, applied ahead of the subscription, never undo later ones."""
@@ -276,7 +276,7 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
     direct = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
         mine.put(make(location="seed"))
-        mirror = copied(mine, "web")
+        cache = cached(mine, "web")
         stop = time.monotonic() + 1.5
 
         def churn(store: object, ttl: int) -> None:
@@ -302,10 +302,10 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
         def same_as_redis() -> bool:
             now = time.time()
             truth = [(i.location, i.ttl, i.expires_at) for i in direct.lookup(NS, "web", None, now)]
-            copy = [
-                (i.location, i.ttl, i.expires_at) for i in mirror.lookup(NS, "web", None, now) or []
+            cached_now = [
+                (i.location, i.ttl, i.expires_at) for i in cache.lookup(NS, "web", None, now) or []
             ]
-            return copy == truth
+            return cached_now == truth
 
         assert poll(same_as_redis)
     finally:
@@ -313,7 +313,7 @@ def test_concurrent_writes_from_two_processes_leave_the_copy_as_redis(
             store.close()
 
 
-# -- when the copy may be incomplete ---------------------------------------------------
+# -- when the cache may be incomplete ---------------------------------------------------
 
 
 @pytest.mark.slow
@@ -324,7 +324,7 @@ def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_sto
     store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
     try:
         store.put(make(location="before", ttl=300))
-        mirror = copied(store, "web")
+        cache = cached(store, "web")
 
         own_redis_server.stop()
 
@@ -335,13 +335,13 @@ def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_sto
                 return True
             return False
 
-        assert poll(unavailable), "the copy went on answering with Redis down"
+        assert poll(unavailable), "the cache went on answering with Redis down"
         for _ in range(3):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
                 store.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < timeout + 1
-        assert mirror.current is False
+        assert cache.current is False
 
         own_redis_server.start()  # empty: no persistence
         assert poll(lambda: not unavailable(), timeout=10)
@@ -352,10 +352,10 @@ def test_redis_stopped_and_restarted_lookups_fail_then_recover_without_a_new_sto
             assert poll(
                 lambda: (
                     locations(store.lookup(NS, "web", None, time.time())) == ["after"]
-                    and locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["after"]
+                    and locations(cache.lookup(NS, "web", None, time.time()) or []) == ["after"]
                 ),
                 timeout=10,
-            ), "the copy did not come back by itself"
+            ), "the cache did not come back by itself"
         finally:
             other.close()
     finally:
@@ -370,24 +370,24 @@ def test_a_paused_redis_is_store_unavailable_once_the_subscription_check_fails(
     store = cached_store(own_redis_server, redis_prefix, timeout=timeout)
     try:
         store.put(make(location="a", ttl=300))
-        mirror = copied(store, "web")
+        cache = cached(store, "web")
         own_redis_server.pause()
         try:
-            bound = redis_mirror.CHECK_INTERVAL + timeout + 1
-            assert poll(lambda: not mirror.current, timeout=bound), "never noticed the pause"
+            bound = redis_cache.CHECK_INTERVAL + timeout + 1
+            assert poll(lambda: not cache.current, timeout=bound), "never noticed the pause"
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="cannot be reached"):
                 store.lookup(NS, "web", None, time.time())
             assert time.monotonic() - started < timeout + 1
         finally:
             own_redis_server.resume()
-        assert poll(lambda: mirror.current, timeout=10)
+        assert poll(lambda: cache.current, timeout=10)
         assert locations(store.lookup(NS, "web", None, time.time())) == ["a"]
     finally:
         store.close()
 
 
-def test_a_flushall_leaves_no_stale_instance_in_the_copy(
+def test_a_flushall_leaves_no_stale_instance_in_the_cache(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     store = cached_store(redis_server, redis_prefix)
@@ -395,15 +395,15 @@ def test_a_flushall_leaves_no_stale_instance_in_the_copy(
     client = redis.Redis.from_url(redis_server.url)
     try:
         store.put(make(location="old", ttl=300))
-        mirror = copied(store, "web")
+        cache = cached(store, "web")
         client.flushall()
         other.put(make(location="new", ttl=300))  # a write after the flush, elsewhere
-        bound = redis_mirror.CHECK_INTERVAL + PROPAGATION
+        bound = redis_cache.CHECK_INTERVAL + PROPAGATION
         assert poll(
             lambda: locations(store.lookup(NS, "web", None, time.time())) == ["new"], timeout=bound
         ), locations(store.lookup(NS, "web", None, time.time()))
-        assert poll(lambda: mirror.lookup(NS, "web", None, time.time()) is not None)
-        assert locations(mirror.lookup(NS, "web", None, time.time()) or []) == ["new"]
+        assert poll(lambda: cache.lookup(NS, "web", None, time.time()) is not None)
+        assert locations(cache.lookup(NS, "web", None, time.time()) or []) == ["new"]
     finally:
         client.close()
         other.close()
@@ -417,20 +417,20 @@ def test_the_thread_is_a_daemon_and_stops_on_close(
     redis_server: RedisServer, redis_prefix: str
 ) -> None:
     store = cached_store(redis_server, redis_prefix)
-    mirror = started_mirror(store)
-    thread = mirror._thread
+    cache = started_cache(store)
+    thread = cache._background.thread
     assert thread is not None and thread.daemon and thread.is_alive()
     store.close()
-    thread.join(timeout=redis_mirror.CHECK_INTERVAL + 2)
+    thread.join(timeout=redis_cache.CHECK_INTERVAL + 2)
     assert not thread.is_alive()
-    assert mirror.current is False
+    assert cache.current is False
 
 
-def test_a_copy_that_waits_uses_no_cpu(redis_server: RedisServer, redis_prefix: str) -> None:
+def test_a_cache_that_waits_uses_no_cpu(redis_server: RedisServer, redis_prefix: str) -> None:
     """The thread blocks on the subscription (and checks twice a second): no busy loop."""
     store = cached_store(redis_server, redis_prefix)
     try:
-        started_mirror(store)
+        started_cache(store)
         before = time.process_time()
         time.sleep(1.0)
         assert time.process_time() - before < 0.1
@@ -439,25 +439,25 @@ def test_a_copy_that_waits_uses_no_cpu(redis_server: RedisServer, redis_prefix: 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_prefix: str) -> None:
+def test_a_forked_child_builds_its_own_cache(redis_server: RedisServer, redis_prefix: str) -> None:
     store = cached_store(redis_server, redis_prefix)
     writer = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
     try:
         store.put(make(location="a", ttl=300))
-        parent_mirror = copied(store, "web")
+        parent_cache = cached(store, "web")
         pid = os.fork()
-        if pid == 0:  # the child: exit 0 only if it has a copy of its own that works
+        if pid == 0:  # the child: exit 0 only if it has a cache of its own that works
             code = 1
             try:
-                child_mirror = copied(store, "web")
+                child_cache = cached(store, "web")
                 writer.put(make(location="b", ttl=300))
                 ok = poll(
                     lambda: (
-                        locations(child_mirror.lookup(NS, "web", None, time.time()) or [])
+                        locations(child_cache.lookup(NS, "web", None, time.time()) or [])
                         == ["a", "b"]
                     )
                 )
-                if child_mirror is not parent_mirror and child_mirror.pid == os.getpid() and ok:
+                if child_cache is not parent_cache and child_cache.owned and ok:
                     code = 0
             finally:
                 os._exit(code)
@@ -473,9 +473,9 @@ def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_pre
             os.waitpid(pid, 0)
             pytest.fail("the forked child did not finish")
         assert os.waitstatus_to_exitcode(status) == 0
-        # The parent's copy saw the child's write too.
+        # The parent's cache saw the child's write too.
         assert poll(
-            lambda: locations(parent_mirror.lookup(NS, "web", None, time.time()) or [])
+            lambda: locations(parent_cache.lookup(NS, "web", None, time.time()) or [])
             == ["a", "b"]
         )
     finally:
@@ -483,17 +483,17 @@ def test_a_forked_child_builds_its_own_copy(redis_server: RedisServer, redis_pre
         store.close()
 
 
-def test_the_copy_holds_at_most_max_services(
+def test_the_cache_holds_at_most_max_services(
     redis_server: RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_mirror, "MAX_SERVICES", 3)
+    monkeypatch.setattr(redis_cache, "MAX_SERVICES", 3)
     store = cached_store(redis_server, redis_prefix)
     try:
         for n in range(6):
             store.put(make(service=f"s{n}", location="x"))
-            copied(store, f"s{n}")
-        mirror = started_mirror(store)
-        assert list(mirror._by_name) == [(NS, "s3"), (NS, "s4"), (NS, "s5")]
+            cached(store, f"s{n}")
+        cache = started_cache(store)
+        assert list(cache._by_name) == [(NS, "s3"), (NS, "s4"), (NS, "s5")]
         assert locations(store.lookup(NS, "s0", None, time.time())) == ["x"], "read from Redis"
     finally:
         store.close()
@@ -506,8 +506,8 @@ def member(instance: Instance) -> bytes:
     return json.dumps(instance.instance_id).encode("ascii")
 
 
-def new_mirror() -> Mirror:
-    return Mirror(
+def new_cache() -> RedisCache:
+    return RedisCache(
         redis.Redis(port=1),  # never connected: the test plays the subscription
         channel="c",
         epoch_key="e",
@@ -516,16 +516,16 @@ def new_mirror() -> Mirror:
     )
 
 
-def unstarted_mirror_with_web(*instances: Instance) -> Mirror:
-    """A mirror fed by hand: current, with ``web`` copied from ``instances``."""
-    mirror = new_mirror()
-    mirror._current = True
-    token = mirror.begin_load(NS, "web", b"default/web")
+def unstarted_cache_with_web(*instances: Instance) -> RedisCache:
+    """A cache fed by hand: current, with ``web`` cached from ``instances``."""
+    cache = new_cache()
+    cache._current = True
+    token = cache.begin_load(NS, "web", b"default/web")
     assert token is not None
-    mirror._receive(token + b"\nmark\ndefault/web")
-    mirror.finish_load(token, {member(i): i for i in instances})
-    assert mirror.lookup(NS, "web", None, time.time()) == list(instances)
-    return mirror
+    cache._receive(token + b"\nmark\ndefault/web")
+    cache.finish_load(token, {member(i): i for i in instances})
+    assert cache.lookup(NS, "web", None, time.time()) == list(instances)
+    return cache
 
 
 def put(write_id: bytes, instance: Instance) -> bytes:
@@ -539,54 +539,54 @@ def delete(write_id: bytes, location: str) -> bytes:
 
 
 def test_an_own_write_received_before_its_reply_is_not_applied_again_over_later_changes() -> None:
-    mirror = unstarted_mirror_with_web()
+    cache = unstarted_cache_with_web()
     mine = make(location="k", ttl=100)
-    write_id, generation = mirror.begin_write(b"default/web", member(mine))
-    mirror._receive(put(write_id.encode(), mine))  # published, received before the reply
-    mirror._receive(delete(b"", "k"))  # then another process removes it
-    mirror.finish_write(write_id, generation, mine)  # the reply, late
-    assert mirror.lookup(NS, "web", None, time.time()) == []
+    write_id, generation = cache.begin_write(b"default/web", member(mine))
+    cache._receive(put(write_id.encode(), mine))  # published, received before the reply
+    cache._receive(delete(b"", "k"))  # then another process removes it
+    cache.finish_write(write_id, generation, mine)  # the reply, late
+    assert cache.lookup(NS, "web", None, time.time()) == []
 
 
 def test_changes_older_than_an_own_write_applied_ahead_are_skipped() -> None:
-    mirror = unstarted_mirror_with_web()
+    cache = unstarted_cache_with_web()
     older = make(location="k", ttl=7)
     mine = make(location="k", ttl=100)
-    write_id, generation = mirror.begin_write(b"default/web", member(mine))
-    mirror.finish_write(write_id, generation, mine)  # the reply first: applied at once
-    assert mirror.lookup(NS, "web", None, time.time()) == [mine]
-    mirror._receive(put(b"other-1", older))  # another process's write, before mine in Redis
-    assert mirror.lookup(NS, "web", None, time.time()) == [mine]
-    mirror._receive(put(write_id.encode(), mine))
-    mirror._receive(delete(b"other-2", "k"))  # after mine: applied
-    assert mirror.lookup(NS, "web", None, time.time()) == []
-    assert mirror._own == {} and mirror._ahead == {}
+    write_id, generation = cache.begin_write(b"default/web", member(mine))
+    cache.finish_write(write_id, generation, mine)  # the reply first: applied at once
+    assert cache.lookup(NS, "web", None, time.time()) == [mine]
+    cache._receive(put(b"other-1", older))  # another process's write, before mine in Redis
+    assert cache.lookup(NS, "web", None, time.time()) == [mine]
+    cache._receive(put(write_id.encode(), mine))
+    cache._receive(delete(b"other-2", "k"))  # after mine: applied
+    assert cache.lookup(NS, "web", None, time.time()) == []
+    assert cache._own == {} and cache._ahead == {}
 
 
 def test_an_own_deregistration_is_applied_at_once() -> None:
     kept = make(location="k", ttl=100)
-    mirror = unstarted_mirror_with_web(kept)
-    write_id, generation = mirror.begin_write(b"default/web", member(kept))
-    mirror.finish_write(write_id, generation, REMOVED)
-    assert mirror.lookup(NS, "web", None, time.time()) == []
+    cache = unstarted_cache_with_web(kept)
+    write_id, generation = cache.begin_write(b"default/web", member(kept))
+    cache.finish_write(write_id, generation, REMOVED)
+    assert cache.lookup(NS, "web", None, time.time()) == []
 
 
 def test_changes_between_a_read_and_its_mark_are_not_applied_twice() -> None:
-    mirror = new_mirror()
-    mirror._current = True
-    token = mirror.begin_load(NS, "web", b"default/web")
+    cache = new_cache()
+    cache._current = True
+    token = cache.begin_load(NS, "web", b"default/web")
     assert token is not None
     a, b = make(location="a"), make(location="b")
-    mirror._receive(delete(b"x", "a"))  # before the read: already in what it read
-    mirror._receive(token + b"\nmark\ndefault/web")
-    mirror._receive(put(b"y", b))  # after the read: applied on top of it
-    assert mirror.lookup(NS, "web", None, time.time()) is None, "not copied before the read"
-    mirror.finish_load(token, {member(a): a})
-    assert mirror.lookup(NS, "web", None, time.time()) == [a, b]
+    cache._receive(delete(b"x", "a"))  # before the read: already in what it read
+    cache._receive(token + b"\nmark\ndefault/web")
+    cache._receive(put(b"y", b))  # after the read: applied on top of it
+    assert cache.lookup(NS, "web", None, time.time()) is None, "not cached before the read"
+    cache.finish_load(token, {member(a): a})
+    assert cache.lookup(NS, "web", None, time.time()) == [a, b]
 
 
 def test_a_put_message_that_is_not_a_record_is_ignored() -> None:
     a = make(location="a")
-    mirror = unstarted_mirror_with_web(a)
-    mirror._receive(b"\n".join([b"x", b"put", b"default/web", member(a), b"not json\n{"]))
-    assert mirror.lookup(NS, "web", None, time.time()) == [a]
+    cache = unstarted_cache_with_web(a)
+    cache._receive(b"\n".join([b"x", b"put", b"default/web", member(a), b"not json\n{"]))
+    assert cache.lookup(NS, "web", None, time.time()) == [a]

@@ -24,8 +24,8 @@ the live record (:func:`keyard.stores.base.merged`) happens inside its script, l
 by line, without decoding a number (Lua's cjson would round doubles to 14 digits).
 
 Each write script also publishes the change it made on ``<prefix>:changes:db<n>``,
-for the stores whose ``cache`` option answers lookups from a per-process copy
-(:mod:`keyard.stores.redis_mirror`).
+for the stores whose ``cache`` option answers lookups from their cache, a
+per-process copy of the services looked up (:mod:`keyard.stores.redis_cache`).
 
 When the store opens, the keys keyard 0.2.0 wrote under the same prefix
 (``<prefix>:{<service>}:expiry`` and ``:ttl``) are converted by
@@ -37,12 +37,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import re
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii as _text
 from typing import Any
@@ -63,8 +61,9 @@ from keyard.model import (
     from_keyard_0_2,
 )
 from keyard.stores import options as opt
+from keyard.stores.background import PerProcess
 from keyard.stores.base import Store
-from keyard.stores.redis_mirror import REMOVED, Mirror, Removal
+from keyard.stores.redis_cache import REMOVED, RedisCache, Removal
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 6379
@@ -229,7 +228,7 @@ end
 return found
 """
 
-# Reads a whole service for the cache, expired members included (the copy filters them
+# Reads a whole service for the cache, expired members included (the cache filters them
 # at each lookup's time), and publishes the mark that orders the read among the
 # changes. ARGV: channel, token, tag. Returns what _LOOKUP_LUA returns.
 _LOAD_LUA = """
@@ -351,7 +350,7 @@ def parse_record(namespace: str, service_name: str, record: bytes) -> Instance:
     """The instance of a stored record; raises ValueError (or KeyError, TypeError...)
     for a value keyard did not write.
 
-    Cached: between two heartbeats of an instance every lookup reads the same record
+    Memoized: between two heartbeats of an instance every lookup reads the same record
     (an Instance is immutable, so one may be shared).
     """
     return instance_from(namespace, service_name, json.loads(record))
@@ -401,13 +400,13 @@ def _unquoted(name: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _tag(namespace: str, service_name: str) -> str:
-    """The service's hash tag content: ``<ns>/<service>``, both percent-encoded (cached)."""
+    """The service's hash tag content: ``<ns>/<service>``, both percent-encoded (memoized)."""
     return f"{_quoted(namespace)}/{_quoted(service_name)}"
 
 
 @functools.lru_cache(maxsize=4096)
 def _service_keys(prefix: str, namespace: str, service_name: str) -> list[str]:
-    """The sorted set's, the records' and the namespace index's key (cached; never mutated)."""
+    """The sorted set's, the records' and the namespace index's key (memoized; never mutated)."""
     base = f"{prefix}:{{{_tag(namespace, service_name)}}}"
     return [f"{base}:leases", f"{base}:records", _index_key(prefix, namespace)]
 
@@ -438,19 +437,6 @@ def _old_member(member: bytes) -> tuple[str, str] | None:
 
 
 # -- options ---------------------------------------------------------------------------
-
-
-def _forget_mirror_after_fork(store: RedisStore) -> None:
-    """In a forked child, drop the parent's copy and lock (its thread did not survive)."""
-    ref = weakref.ref(store)
-
-    def forget() -> None:
-        child = ref()
-        if child is not None:
-            child._mirror = None
-            child._mirror_lock = threading.Lock()
-
-    os.register_at_fork(after_in_child=forget)
 
 
 def _redacted(url: str) -> str:
@@ -525,7 +511,7 @@ class RedisStore(Store):
         """Use ``client`` (which should have socket timeouts and no retries, as
         :meth:`from_options` builds it) with keys under ``prefix``. ``where`` names
         the server in error messages (no password). With ``cache``, lookups are
-        answered from a per-process copy (:mod:`keyard.stores.redis_mirror`).
+        answered from the cache, a per-process copy (:mod:`keyard.stores.redis_cache`).
 
         Converts what keyard 0.2.0 wrote under ``prefix`` (:meth:`upgrade`); when
         Redis cannot be reached now, the first call that reaches it does."""
@@ -538,11 +524,9 @@ class RedisStore(Store):
         self._has_password = bool(kwargs.get("password"))
         #: Where every write publishes its change: channels are shared by all databases.
         self.channel = f"{prefix}:changes:db{kwargs.get('db', 0)}"
-        self._mirror: Mirror | None = None
-        self._mirror_lock = threading.Lock()
+        #: This process's cache (a forked child makes its own).
+        self._cache: PerProcess[RedisCache] = PerProcess()
         self._closed = False
-        if cache:
-            _forget_mirror_after_fork(self)
         self._load = client.register_script(_LOAD_LUA)
         self._put = client.register_script(_PUT_LUA)
         self._deregister = client.register_script(_DEREGISTER_LUA)
@@ -655,16 +639,16 @@ class RedisStore(Store):
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
     ) -> list[Instance]:
-        """With ``cache``, from this process's copy while it is current (see redis_mirror)."""
+        """With ``cache``, from this process's cache while it is current (see redis_cache)."""
         if not self._upgraded:
             self.upgrade()
-        mirror = self._mirror_here() if self.cache else None
-        if mirror is not None:
-            found = mirror.lookup(namespace, service_name, version, now)
+        cache = self._cache_here() if self.cache else None
+        if cache is not None:
+            found = cache.lookup(namespace, service_name, version, now)
             if found is not None:
                 return found
             tag = _tag(namespace, service_name)
-            token = mirror.begin_load(namespace, service_name, tag.encode("ascii"))
+            token = cache.begin_load(namespace, service_name, tag.encode("ascii"))
             if token is not None:
                 instances = None
                 try:
@@ -675,7 +659,7 @@ class RedisStore(Store):
                         )
                     instances = _instances(namespace, service_name, records)
                 finally:
-                    mirror.finish_load(
+                    cache.finish_load(
                         token,
                         None
                         if instances is None
@@ -715,10 +699,9 @@ class RedisStore(Store):
     def close(self) -> None:
         """Stop the cache's thread, if any, and close the connections to Redis."""
         self._closed = True
-        mirror = self._mirror
-        if mirror is not None and mirror.pid == os.getpid():
-            mirror.stop()
-        self._mirror = None
+        cache = self._cache.pop()
+        if cache is not None:
+            cache.stop()
         self.client.close()
         self.client.connection_pool.disconnect()
 
@@ -780,26 +763,26 @@ class RedisStore(Store):
     def _keys(self, namespace: str, service_name: str) -> list[str]:
         return _service_keys(self.prefix, namespace, service_name)
 
-    def _mirror_here(self) -> Mirror | None:
-        """This process's copy, started at its first lookup (never one inherited by fork)."""
-        mirror = self._mirror
-        if mirror is not None and mirror.pid == os.getpid():
-            return mirror
-        if self._closed:
-            return None
-        with self._mirror_lock:
-            mirror = self._mirror
-            if mirror is None or mirror.pid != os.getpid():
-                mirror = Mirror(
-                    self.client,
-                    channel=self.channel,
-                    epoch_key=f"{self.prefix}:epoch",
-                    timeout=self.timeout,
-                    parse_record=parse_record,
-                )
-                mirror.start()
-                self._mirror = mirror
-        return mirror
+    def _cache_here(self) -> RedisCache | None:
+        """This process's cache, started at its first lookup (never one inherited by fork)."""
+        cache = self._cache.here()
+        if cache is not None or self._closed:
+            return cache
+        return self._cache.get(self._start_cache)
+
+    # The name tests/test_upgrade_redis.py still uses.
+    _mirror_here = _cache_here
+
+    def _start_cache(self) -> RedisCache:
+        cache = RedisCache(
+            self.client,
+            channel=self.channel,
+            epoch_key=f"{self.prefix}:epoch",
+            timeout=self.timeout,
+            parse_record=parse_record,
+        )
+        cache.start()
+        return cache
 
     def _write(
         self,
@@ -809,26 +792,26 @@ class RedisStore(Store):
         args: list[Any],
         change: Callable[[Any], Instance | Removal | None],
     ) -> Any:
-        """Run a write script (it publishes its change); with a copy, apply it there at once.
+        """Run a write script (it publishes its change); with a cache, apply it there at once.
 
-        ``args`` start with the instance's member; ``change(reply)`` is what the copy
+        ``args`` start with the instance's member; ``change(reply)`` is what the cache
         applies: the record stored, :data:`REMOVED`, or None for nothing.
         """
         tag = _tag(namespace, service_name)
         keys = self._keys(namespace, service_name)
         index_member = tag.partition("/")[2]
-        mirror = self._mirror
-        if mirror is None or mirror.pid != os.getpid():
+        cache = self._cache.here()
+        if cache is None:
             with self._translated_failures():
                 return script(keys=keys, args=[self.channel, "", tag, index_member, *args])
-        write_id, generation = mirror.begin_write(tag.encode("ascii"), args[0].encode("ascii"))
+        write_id, generation = cache.begin_write(tag.encode("ascii"), args[0].encode("ascii"))
         applied: Instance | Removal | None = None
         try:
             with self._translated_failures():
                 reply = script(keys=keys, args=[self.channel, write_id, tag, index_member, *args])
             applied = change(reply)
         finally:
-            mirror.finish_write(write_id, generation, applied)
+            cache.finish_write(write_id, generation, applied)
         return reply
 
     @contextlib.contextmanager

@@ -4,7 +4,7 @@
 - :mod:`~keyard.stores.etcd.keys`: the key codec, the key layout and the record values;
 - :mod:`~keyard.stores.etcd.cluster`: the members, failover and discovery, the deadline;
 - :mod:`~keyard.stores.etcd.client`: one member's wire connection (requests, watches);
-- :mod:`~keyard.stores.etcd.mirror`: the ``cache`` option's per-process copy;
+- :mod:`~keyard.stores.etcd.cache`: the cache (option ``cache``), a per-process copy;
 - :mod:`~keyard.stores.etcd.upgrade`: keyard 0.2.0's keys converted at the first call.
 
 ``keyard.stores.etcd:EtcdStore`` is the name the store registry loads.

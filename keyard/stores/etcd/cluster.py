@@ -150,7 +150,7 @@ class Cluster:
         except ANSWERS:
             raise
         except etcd.EtcdEventIndexCleared:
-            raise  # the mirror reads everything again
+            raise  # the cache reads everything again
         except DRIVER_ERRORS as exc:
             raise self.unavailable(f"watch: {describe(exc)}") from exc
 

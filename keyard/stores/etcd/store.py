@@ -14,15 +14,14 @@ instance that etcd has not purged yet.
 
 The members of a cluster and the failover between them are
 :mod:`keyard.stores.etcd.cluster`; one member's wire connection is
-:mod:`keyard.stores.etcd.client`; the ``cache`` option's per-process copy is
-:mod:`keyard.stores.etcd.mirror`; keyard 0.2.0's keys are converted at a store's
-first call by :mod:`keyard.stores.etcd.upgrade`. Every failure to reach etcd
-comes out as :class:`~keyard.errors.StoreUnavailable`.
+:mod:`keyard.stores.etcd.client`; the cache (option ``cache``), a per-process
+copy of the registry, is :mod:`keyard.stores.etcd.cache`; keyard 0.2.0's keys
+are converted at a store's first call by :mod:`keyard.stores.etcd.upgrade`.
+Every failure to reach etcd comes out as :class:`~keyard.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -35,7 +34,9 @@ import etcd
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.model import UP, Instance, InstanceKey, ServiceSummary
 from keyard.stores import options as opt
+from keyard.stores.background import PerProcess
 from keyard.stores.base import Store, merged, ordered
+from keyard.stores.etcd.cache import EtcdCache, leaves
 from keyard.stores.etcd.client import DEFAULT_TIMEOUT, DRIVER_ERRORS, INDEX_HEADER, error_index
 from keyard.stores.etcd.cluster import Cluster, parse_hosts
 from keyard.stores.etcd.keys import (
@@ -50,7 +51,6 @@ from keyard.stores.etcd.keys import (
     service_path,
     url_path,
 )
-from keyard.stores.etcd.mirror import Mirror, leaves
 from keyard.stores.etcd.upgrade import convert_old_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,11 +103,11 @@ class EtcdStore(Store):
     The store may be built while etcd is down: it connects at its first call,
     which also converts keyard 0.2.0's keys (:mod:`keyard.stores.etcd.upgrade`).
 
-    With ``cache`` each process that looks up keeps a copy of everything under
-    ``base_path``, kept current by a watch (:mod:`keyard.stores.etcd.mirror`),
+    With ``cache`` each process that looks up keeps a cache, a copy of everything
+    under ``base_path`` kept current by a watch (:mod:`keyard.stores.etcd.cache`),
     and answers lookups and ``services`` from it while it is current: this
     process's writes at once, other processes' after the watch brings them
-    (milliseconds). While the copy is not known to be current, they are quorum
+    (milliseconds). While the cache is not known to be current, they are quorum
     reads as without it.
     """
 
@@ -151,9 +151,10 @@ class EtcdStore(Store):
         self.allow_reconnect = allow_reconnect
         self._cluster = Cluster(endpoints, protocol, self.timeout, allow_reconnect)
         self._parsed: dict[tuple[str, str], Instance | None] = {}
-        self._mirrors: dict[int, Mirror] = {}  # by process id: a forked child builds its own
+        #: This process's cache (a forked child makes its own).
+        self._cache: PerProcess[EtcdCache] = PerProcess()
         self._upgraded = False  # 0.2.0's keys converted (a forked child inherits that)
-        self._upgrade_locks: dict[int, threading.Lock] = {}  # by process id, as _mirrors
+        self._upgrade_lock: PerProcess[threading.Lock] = PerProcess()  # one for each process
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EtcdStore:
@@ -181,7 +182,7 @@ class EtcdStore(Store):
         """One read and one compare-and-swap write: atomic across processes.
 
         The first read is a local one (no quorum, so it costs etcd no raft
-        round), or none at all with ``cache`` when this process's copy is
+        round), or none at all with ``cache`` when this process's cache is
         current: the write that follows only succeeds if the key is still
         exactly as read (``prevIndex``, or ``prevExist=false`` when absent), so
         a stale read costs one more round, with a quorum read, never a wrong
@@ -306,14 +307,14 @@ class EtcdStore(Store):
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
     ) -> list[Instance]:
-        """The live instances, from this process's copy when ``cache`` is on and it is current.
+        """The live instances, from this process's cache when ``cache`` is on and it is current.
 
-        Otherwise (``cache`` off, or the copy not loaded, or its watch failing)
+        Otherwise (``cache`` off, or the cache not loaded, or its watch failing)
         a quorum read of the service's directory.
         """
         if self.cache:
             segments = (lookup_segment(namespace), lookup_segment(service_name))
-            found = self._mirror(start=True).lookup(*segments, version, now)
+            found = self._cache_here().lookup(*segments, version, now)
             if found is not None:
                 return found
         deadline = time.monotonic() + self.timeout
@@ -328,10 +329,10 @@ class EtcdStore(Store):
 
     @_at_the_edge
     def services(self, namespace: str, now: float) -> list[ServiceSummary]:
-        """From this process's copy when ``cache`` is on and it is current, else a quorum
+        """From this process's cache when ``cache`` is on and it is current, else a quorum
         read of the namespace's directory."""
         if self.cache:
-            found = self._mirror(start=True).services(lookup_segment(namespace), now)
+            found = self._cache_here().services(lookup_segment(namespace), now)
             if found is not None:
                 return found
         deadline = time.monotonic() + self.timeout
@@ -344,24 +345,24 @@ class EtcdStore(Store):
         return sorted(ServiceSummary(name, n, up) for name, (n, up) in counts.items())
 
     def close(self) -> None:
-        mirror = self._mirrors.pop(os.getpid(), None)
-        if mirror is not None:
-            mirror.stop()
+        cache = self._cache.pop()
+        if cache is not None:
+            cache.stop()
         self._cluster.close()
 
     def cache_info(self) -> dict[str, Any] | None:
-        """What this process's copy holds (see :meth:`Mirror.info`); None when it has none."""
-        mirror = self._mirrors.get(os.getpid())
-        return None if mirror is None else mirror.info()
+        """What this process's cache holds (see :meth:`EtcdCache.info`); None when it has none."""
+        cache = self._cache.here()
+        return None if cache is None else cache.info()
 
     @_at_the_edge
     def hold_cache(self, held: bool) -> None:
-        """Hold this process's copy's watcher between two requests, or let it go on (tests)."""
-        mirror = self._mirror(start=True)
+        """Hold this process's cache's watcher between two requests, or let it go on (tests)."""
+        cache = self._cache_here()
         if held:
-            mirror.hold()
+            cache.hold()
         else:
-            mirror.resume()
+            cache.resume()
 
     # -- internals ---------------------------------------------------------------
 
@@ -371,53 +372,46 @@ class EtcdStore(Store):
         Until it has succeeded every call tries again, and raises StoreUnavailable
         while etcd cannot be reached.
         """
-        lock = self._upgrade_locks.get(os.getpid())
-        if lock is None:
-            lock = self._upgrade_locks.setdefault(os.getpid(), threading.Lock())
-        with lock:
+        with self._upgrade_lock.get(threading.Lock):
             if not self._upgraded:
                 convert_old_keys(self._cluster, self.base_path, self.timeout)
                 self._upgraded = True
 
-    def _mirror(self, *, start: bool) -> Mirror:
-        """This process's copy of the registry, made and started on first use.
+    def _cache_here(self) -> EtcdCache:
+        """This process's cache, made and started on first use.
 
-        Keyed by process id: a copy and thread made before gunicorn forked
-        belong to the parent; the child makes its own.
+        A cache and thread made before gunicorn forked belong to the parent;
+        the child makes its own.
         """
-        pid = os.getpid()
-        mirror = self._mirrors.get(pid)
-        if mirror is None:
-            made = Mirror(
-                self.base_path,
-                load=self._load_everything,
-                watch=self._watch,
-                parse=self._parse,
-                timeout=self.timeout,
-            )
-            mirror = self._mirrors.setdefault(pid, made)  # one of racing threads wins
-            for other in list(self._mirrors):
-                if other != pid:
-                    self._mirrors.pop(other, None)  # a parent's copy, without its thread here
-        if start:
-            mirror.start()
-        return mirror
+        cache = self._cache.here()
+        return cache if cache is not None else self._cache.get(self._start_cache)
+
+    def _start_cache(self) -> EtcdCache:
+        cache = EtcdCache(
+            self.base_path,
+            load=self._load_everything,
+            watch=self._watch,
+            parse=self._parse,
+            timeout=self.timeout,
+        )
+        cache.start()
+        return cache
 
     def _cached_entry(self, key: str) -> tuple[int | None, Instance | None] | None:
-        """``(modifiedIndex, instance)`` of ``key`` in this process's current copy.
+        """``(modifiedIndex, instance)`` of ``key`` in this process's current cache.
 
-        ``(None, None)`` when the copy holds no instance there; ``None`` when
-        there is no current copy to ask.
+        ``(None, None)`` when the cache holds no instance there; ``None`` when
+        there is no current cache to ask.
         """
-        mirror = self._mirrors.get(os.getpid()) if self.cache else None
-        return None if mirror is None else mirror.entry(key)
+        cache = self._cache.here() if self.cache else None
+        return None if cache is None else cache.entry(key)
 
     def _wrote(self, key: str, answer: dict[str, Any], instance: Instance | None) -> None:
-        """Apply a write of this process to its copy at once, at the write's etcd index."""
-        mirror = self._mirrors.get(os.getpid()) if self.cache else None
+        """Apply a write of this process to its cache at once, at the write's etcd index."""
+        cache = self._cache.here() if self.cache else None
         index = (answer.get("node") or {}).get("modifiedIndex")
-        if mirror is not None and isinstance(index, int):
-            mirror.put(key, index, instance)
+        if cache is not None and isinstance(index, int):
+            cache.put(key, index, instance)
 
     def _load_everything(self, deadline: float) -> tuple[dict[str, Any] | None, int]:
         """Everything under base_path (a quorum read), and the etcd index it is current at."""

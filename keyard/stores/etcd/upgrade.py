@@ -32,6 +32,7 @@ from typing import Any
 import etcd
 
 from keyard.errors import StoreUnavailable
+from keyard.stores.etcd.cache import leaves
 from keyard.stores.etcd.cluster import Cluster
 from keyard.stores.etcd.keys import (
     NAMESPACES,
@@ -40,7 +41,6 @@ from keyard.stores.etcd.keys import (
     record_value,
     url_path,
 )
-from keyard.stores.etcd.mirror import leaves
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""The etcd store's per-process copy of the registry (``cache: true``), for lookups.
+"""The etcd store's cache (option ``cache``): a per-process copy of the registry, for lookups.
 
-A :class:`Mirror` holds every instance under the store's ``base_path``
+An :class:`EtcdCache` holds every instance under the store's ``base_path``
 (``{base_path}/%ns/{namespace}/{service}/{instance_id}``, see
 :mod:`keyard.stores.etcd.keys`; other keys are ignored). It is
 loaded with one recursive quorum read, whose ``X-Etcd-Index`` it remembers, and
-kept current by a daemon thread that watches ``base_path`` recursively from the
+kept current by a daemon thread (a :class:`~keyard.stores.background.BackgroundThread`)
+that watches ``base_path`` recursively from the
 next index (etcd v2 ``?wait=true&recursive=true&waitIndex=N``, with
 ``stream=true`` so that one request brings every change made while it lasts).
 ``set``, ``create``, ``update`` and ``compareAndSwap`` events are upserts;
@@ -12,14 +13,14 @@ next index (etcd v2 ``?wait=true&recursive=true&waitIndex=N``, with
 store also applies its own writes at once, from each write's answer, so that a
 process sees its own writes in its next lookup.
 
-The copy answers lookups only while it is known to be complete and current:
+The cache answers lookups only while it is known to be complete and current:
 loaded, and the watch confirmed by etcd within :data:`STALE_AFTER` seconds (by
 an event, or by the headers of a watch request: etcd sends them at once, and a
 watch that brings no event is sent again every :data:`WATCH_WAIT` seconds).
 Any failure of the watch (etcd down or restarted, a member lost, the event
 history cleared because the watcher fell more than 1000 events behind) drops
-that status until the copy has been read again from etcd; meanwhile
-:meth:`Mirror.lookup` returns ``None`` and the store reads from etcd directly.
+that status until the cache has been read again from etcd; meanwhile
+:meth:`EtcdCache.lookup` returns ``None`` and the store reads from etcd directly.
 
 Every entry carries the etcd index of the change that made it, and a change
 older than the entry is ignored, so that a late event never undoes a newer
@@ -39,6 +40,7 @@ from typing import Any, Optional
 import etcd
 
 from keyard.model import UP, Instance, ServiceSummary
+from keyard.stores.background import BackgroundThread, Backoff
 from keyard.stores.base import ordered
 from keyard.stores.etcd.keys import NAMESPACES
 
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds one watch request waits for an event before it is sent again.
 WATCH_WAIT = 0.5
-#: The copy answers lookups only if etcd confirmed the watch within this many seconds.
+#: The cache answers lookups only if etcd confirmed the watch within this many seconds.
 STALE_AFTER = 1.0
 #: Seconds a removal's tombstone is kept (at least; until the watch has passed it too).
 TOMBSTONE_SECONDS = 10.0
@@ -62,8 +64,8 @@ Entry = tuple[int, Optional[Instance]]
 Tree = dict[str, dict[str, dict[str, Entry]]]
 
 
-class Mirror:
-    """An in-memory copy of one ``base_path``, kept current by a watcher thread.
+class EtcdCache:
+    """The cache: an in-memory copy of one ``base_path``, kept current by a watcher thread.
 
     ``load(deadline)`` reads the whole tree from etcd (a quorum read, failing
     over) and returns its root node (``None`` when base_path does not exist)
@@ -74,8 +76,9 @@ class Mirror:
     store's reading of one key and value (``None`` when not an instance).
 
     Thread-safe: lookups and the store's own writes come from any thread, the
-    events from the watcher thread; one lock guards the copy, held for one
-    change or the copying-out of one service's entries.
+    events from the watcher thread; one lock guards the cache, held for one
+    change or the copying-out of one service's entries. One per process
+    (:attr:`owned`): the store builds a new one in a forked child.
     """
 
     def __init__(
@@ -96,90 +99,86 @@ class Mirror:
         self._lock = threading.Lock()
         self._tree: Tree = {}
         self._tombstones: collections.deque[tuple[float, str, int]] = collections.deque()
-        self._loaded = False  # the copy was read completely and the watch has not failed since
+        self._loaded = False  # the cache was read completely and the watch has not failed since
         self._loading = False
         self._pending: list[tuple[str, int, Instance | None]] = []  # own writes during a load
         self._confirmed_at = float("-inf")  # when etcd last confirmed the watch (monotonic)
         self._next_index = 0  # the index the next watch starts at
-        self._read_at = 0  # the index the copy was read at: it holds every change up to it
+        self._read_at = 0  # the index the cache was read at: it holds every change up to it
         self._purge_at = 0.0  # when tombstones are next purged (monotonic)
-        self._stopping = threading.Event()
+        self._background = BackgroundThread(self._run, f"keyard-etcd-cache {base_path}")
         self._running = threading.Event()  # cleared: the watcher holds between requests
         self._running.set()
         self._parked = threading.Event()  # set: the watcher is held, no request in flight
-        self._thread: threading.Thread | None = None
         self.loads = 0
         self.events = 0
 
     # -- the watcher thread -------------------------------------------------------
 
+    @property
+    def owned(self) -> bool:
+        """Whether this process made the cache (false in a child forked after that)."""
+        return self._background.owned
+
     def start(self) -> None:
         """Start the watcher thread (once; later calls do nothing)."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name=f"keyard-etcd-mirror {self.base_path}", daemon=True
-            )
-        self._thread.start()
+        self._background.start()
 
     def stop(self, wait: float = 2.0) -> None:
         """Stop the watcher; it ends within one watch request (``WATCH_WAIT``) or load."""
-        self._stopping.set()
+        self._background.stopping.set()
         self._running.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=wait)
+        self._background.stop(wait)
 
     def hold(self) -> None:
         """Keep the watcher from sending requests until :meth:`resume` (tests).
 
         Returns once the request in flight, if any, has ended (within one
-        ``WATCH_WAIT``, or one load); the copy goes stale ``STALE_AFTER`` seconds
+        ``WATCH_WAIT``, or one load); the cache goes stale ``STALE_AFTER`` seconds
         after etcd last confirmed it.
         """
         self._running.clear()
-        if self._thread is not None and self._thread.is_alive():
+        if self._background.alive:
             self._parked.wait(timeout=WATCH_WAIT + self._timeout + 1)
 
     def resume(self) -> None:
         self._running.set()
 
     def _run(self) -> None:
-        pause = FIRST_PAUSE
-        while not self._stopping.is_set():
+        backoff = Backoff(FIRST_PAUSE, LAST_PAUSE)
+        stopping = self._background.stopping
+        while not stopping.is_set():
             if not self._running.is_set():
                 self._parked.set()
                 self._running.wait()
                 self._parked.clear()
-            if self._stopping.is_set():
+            if stopping.is_set():
                 break
             try:
                 if not self._loaded:
                     self._reload()
                 self._follow()
-                pause = FIRST_PAUSE
+                backoff.reset()
             except etcd.EtcdEventIndexCleared:
                 log.info(
-                    "etcd mirror of %s fell behind etcd's event history; reading it again",
+                    "etcd cache of %s fell behind etcd's event history; reading it again",
                     self.base_path,
                 )
                 self._invalidate()
-                self._stopping.wait(pause)  # more changes than a read takes: don't read on end
-                pause = min(pause * 2, LAST_PAUSE)
-            except Exception as exc:  # noqa: BLE001 - any failure: read the copy again later
+                # more changes than a read takes: don't read on end
+                self._background.wait(backoff.next())
+            except Exception as exc:  # noqa: BLE001 - any failure: read the cache again later
                 if self._loaded:
                     log.warning(
-                        "etcd mirror of %s: watch failed (%s); lookups read etcd until "
+                        "etcd cache of %s: watch failed (%s); lookups read etcd until "
                         "it is read again",
                         self.base_path,
                         exc,
                     )
                 else:
-                    log.debug("etcd mirror of %s: load failed: %s", self.base_path, exc)
+                    log.debug("etcd cache of %s: load failed: %s", self.base_path, exc)
                 self._invalidate()
-                self._stopping.wait(pause)
-                pause = min(pause * 2, LAST_PAUSE)
+                self._background.wait(backoff.next())
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -189,7 +188,7 @@ class Mirror:
         self._confirmed_at = time.monotonic()
 
     def _reload(self) -> None:
-        """Read everything under base_path again; the copy is current at the read's index."""
+        """Read everything under base_path again; the cache is current at the read's index."""
         with self._lock:
             self._loading = True
             self._pending = []
@@ -204,7 +203,7 @@ class Mirror:
                 self._pending = []
             raise
         with self._lock:
-            self._tombstones.clear()  # those of the old copy
+            self._tombstones.clear()  # those of the old cache
             for key, change_index, instance in self._pending:
                 if change_index > index:  # a write of this process the read did not see
                     self._put(tree, key, change_index, instance)
@@ -219,13 +218,14 @@ class Mirror:
 
     def _follow(self) -> None:
         """Apply watched events until a watch fails, the watcher is held, or it stops."""
-        while self._loaded and self._running.is_set() and not self._stopping.is_set():
+        stopping = self._background.stopping
+        while self._loaded and self._running.is_set() and not stopping.is_set():
             events = self._watch(self._next_index, WATCH_WAIT, self._confirmed)
             try:
                 for event in events:
                     self._confirmed()
                     self.apply_event(event)
-                    if not self._running.is_set() or self._stopping.is_set():
+                    if not self._running.is_set() or stopping.is_set():
                         break
                     if time.monotonic() >= self._purge_at:  # a stream may last for ever
                         self._purge_tombstones()
@@ -260,7 +260,7 @@ class Mirror:
         with self._lock:
             if self._loading:
                 self._pending.append((key, index, instance))
-            if index > self._read_at:  # older changes are in the copy, or undone by newer ones
+            if index > self._read_at:  # older changes are in the cache, or undone by newer ones
                 self._put(self._tree, key, index, instance)
 
     def _set(self, tree: Tree, key: Any, index: Any, value: Any) -> None:
@@ -345,7 +345,7 @@ class Mirror:
 
     @property
     def ready(self) -> bool:
-        """True when the copy is complete and etcd confirmed it within STALE_AFTER seconds."""
+        """True when the cache is complete and etcd confirmed it within STALE_AFTER seconds."""
         return self._loaded and time.monotonic() - self._confirmed_at <= STALE_AFTER
 
     def lookup(
@@ -391,9 +391,9 @@ class Mirror:
         return summaries
 
     def entry(self, key: str) -> tuple[int | None, Instance | None] | None:
-        """The etcd index and instance the copy holds at ``key``; ``None`` when not ready.
+        """The etcd index and instance the cache holds at ``key``; ``None`` when not ready.
 
-        ``(None, None)`` when the copy holds no instance at ``key``.
+        ``(None, None)`` when the cache holds no instance at ``key``.
         """
         segments = self._segments(key)
         if segments is None or not self.ready:
@@ -406,7 +406,7 @@ class Mirror:
         return found
 
     def info(self) -> dict[str, Any]:
-        """The copy's state: ``ready``, ``instances``, ``tombstones``, ``index``, ``loads``,
+        """The cache's state: ``ready``, ``instances``, ``tombstones``, ``index``, ``loads``,
         ``events`` (how many watched events it applied)."""
         with self._lock:
             entries = [

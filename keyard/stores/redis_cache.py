@@ -1,4 +1,4 @@
-"""The redis store's ``cache`` option: a per-process copy of the services it is asked about.
+"""The redis store's cache (option ``cache``): a per-process copy of the services looked up.
 
 Every write script of the redis store publishes the change it made on one
 channel, ``<prefix>:changes:db<n>``, in the same script as the write (so the
@@ -8,22 +8,23 @@ message is atomic with it and in the order Redis applied the writes):
   (the record as now stored, which holds newlines of its own: it is the rest of the
   message);
 - ``<id>\\ndel\\n<tag>\\n<member>`` after a deregistration;
-- ``<token>\\nmark\\n<tag>`` from the script that reads a service for the copy.
+- ``<token>\\nmark\\n<tag>`` from the script that reads a service for the cache.
 
 ``<tag>`` is the service's ``<namespace>/<service>`` (as in its keys), ``<member>``
 the instance's member name (ASCII, no newline), ``<id>`` the
-writer's id for its own writes (empty when it has no copy). A :class:`Mirror`
-subscribes to that channel in a daemon thread and keeps, per service, the
-instances it has read or been told about. A service is copied the first time
+writer's id for its own writes (empty when it has no cache). A :class:`RedisCache`
+subscribes to that channel in a daemon thread (a
+:class:`~keyard.stores.background.BackgroundThread`) and keeps, per service, the
+instances it has read or been told about. A service is cached the first time
 it is looked up: the lookup reads it with a script that also publishes a
 ``mark``; changes published before the mark are already in what the script
 read, changes after it are applied on top, so nothing falls in between.
 
-The copy is used only while it is known to be complete: the subscription is up
+The cache is used only while it is known to be complete: the subscription is up
 (its ``subscribe`` reply received, a ``PING`` on it answered within the timeout)
-and ``<prefix>:epoch``, a token the first copy writes, is still the one seen at
+and ``<prefix>:epoch``, a token the first cache writes, is still the one seen at
 subscription time (a FLUSHALL, FLUSHDB or a Redis restarted empty removes it).
-Otherwise every copy is dropped and lookups go to Redis until the thread has
+Otherwise every cached service is dropped and lookups go to Redis until the thread has
 subscribed again.
 """
 
@@ -33,7 +34,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -43,24 +43,26 @@ from typing import Any
 import redis
 import redis.exceptions
 
+from keyard.stores.background import BackgroundThread, Backoff
 from keyard.stores.base import Instance
 
 #: Seconds between two checks of the epoch key and of the subscription (PING).
 CHECK_INTERVAL = 0.5
-#: The most services one process copies; the one copied longest ago is dropped first.
+#: The most services one process caches; the one cached longest ago is dropped first.
 MAX_SERVICES = 10_000
-#: A service's copy is read again from Redis after this many seconds (a safety net
+#: A cached service is read again from Redis after this many seconds (a safety net
 #: against changes made to keyard's keys by other means than keyard's scripts).
 MAX_AGE = 60.0
-#: The longest wait between two attempts to subscribe while Redis cannot be reached.
-MAX_RECONNECT_WAIT = 1.0
-#: Service reads in flight at once; beyond it, lookups go to Redis without copying.
+#: The first and the longest wait between two attempts to subscribe while Redis cannot
+#: be reached (doubling from one to the other).
+FIRST_RECONNECT_WAIT, MAX_RECONNECT_WAIT = 0.1, 1.0
+#: Service reads in flight at once; beyond it, lookups go to Redis without caching.
 MAX_LOADING = 1_000
 #: A read whose mark has not arrived after this many seconds is given up (it cannot
-#: happen while subscribed: a safety net, so that a service is never left uncopied).
+#: happen while subscribed: a safety net, so that a service is never left uncached).
 MAX_LOAD_WAIT = 10.0
 
-# SET NX then GET: the epoch every copy compares with; created by the first one.
+# SET NX then GET: the epoch every cache compares with; created by the first one.
 EPOCH_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
@@ -76,7 +78,7 @@ class Removal:
     """The type of :data:`REMOVED`."""
 
 
-#: What :meth:`Mirror.finish_write` is given for a deregistration.
+#: What :meth:`RedisCache.finish_write` is given for a deregistration.
 REMOVED = Removal()
 
 
@@ -84,7 +86,7 @@ def _order(instance: Instance) -> tuple[str, str, str]:
     return instance.version, instance.location, instance.instance_id
 
 
-class _Copy:
+class _CachedService:
     """The instances of one service known to this process, with the order lookups want."""
 
     __slots__ = ("name", "tag", "instances", "ordered", "next_expiry", "loaded_at")
@@ -129,7 +131,7 @@ class _Copy:
 
 
 class _Load:
-    """A service being read for the copy: waits for both its ``mark`` and the script's answer."""
+    """A service being read for the cache: waits for both its ``mark`` and the script's answer."""
 
     __slots__ = (
         "token",
@@ -153,10 +155,10 @@ class _Load:
         self.snapshot: dict[bytes, Instance] | None = None
 
 
-class Mirror:
-    """A copy of the services this process looks up, kept current by a subscription.
+class RedisCache:
+    """The cache: a copy of the services this process looks up, kept current by a subscription.
 
-    Thread-safe; one per process (:attr:`pid`): the store builds a new one in a
+    Thread-safe; one per process (:attr:`owned`): the store builds a new one in a
     forked child. :meth:`start` starts the daemon thread, :meth:`stop` ends it.
     """
 
@@ -169,7 +171,6 @@ class Mirror:
         timeout: float,
         parse_record: ParseRecord,
     ) -> None:
-        self.pid = os.getpid()
         self._client = client
         self._channel = channel
         self._epoch_script = client.register_script(EPOCH_LUA)
@@ -177,16 +178,15 @@ class Mirror:
         self._timeout = timeout
         self._parse_record = parse_record
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundThread(self._run, f"keyard-redis-cache-{channel}")
         self._writer = uuid.uuid4().hex[:12]
         self._write_numbers = itertools.count()
         # All below under self._lock.
         self._current = False
         self._generation = 0
         self._epoch: bytes | None = None
-        self._by_name: dict[tuple[str, str], _Copy] = {}  # in the order copied: the oldest first
-        self._by_tag: dict[bytes, _Copy] = {}
+        self._by_name: dict[tuple[str, str], _CachedService] = {}  # the oldest cached first
+        self._by_tag: dict[bytes, _CachedService] = {}
         self._loading: dict[bytes, _Load] = {}  # by token
         self._loading_tags: dict[bytes, _Load] = {}
         # This process's writes published but not yet received: id -> (tag, member, applied).
@@ -201,54 +201,59 @@ class Mirror:
 
     # -- the thread --------------------------------------------------------------
 
+    @property
+    def owned(self) -> bool:
+        """Whether this process made the cache (false in a child forked after that)."""
+        return self._background.owned
+
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"keyard-redis-mirror-{self._channel}", daemon=True
-        )
-        self._thread.start()
+        """Start the subscribing thread (once; later calls do nothing)."""
+        self._background.start()
 
     def stop(self) -> None:
-        """End the thread (within CHECK_INTERVAL) and drop the copy."""
-        self._stop.set()
+        """End the thread (within CHECK_INTERVAL) and drop what is cached."""
+        self._background.stopping.set()
         with self._lock:
             self._current = False
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=CHECK_INTERVAL + self._timeout + 1)
+        self._background.stop(wait=CHECK_INTERVAL + self._timeout + 1)
         self._reset()
 
     @property
     def current(self) -> bool:
-        """Whether lookups may be answered from the copy right now."""
+        """Whether lookups may be answered from the cache right now."""
         return self._current
 
     def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
+        backoff = Backoff(FIRST_RECONNECT_WAIT, MAX_RECONNECT_WAIT)
+        stopping = self._background.stopping
+        while not stopping.is_set():
             pubsub = self._client.pubsub()
             self._was_current = False
+            pause = 0.0
             try:
                 pubsub.subscribe(self._channel)
                 self._listen(pubsub)
             except Exception as exc:  # noqa: BLE001 - any failure: changes may have been missed
-                failures = 1 if self._was_current else failures + 1
-                log = logger.warning if failures == 1 else logger.debug
+                if self._was_current:
+                    backoff.reset()
+                pause = backoff.next()
+                log = logger.warning if backoff.failures == 1 else logger.debug
                 log("redis cache: lookups go to Redis until subscribed again: %s", exc)
             else:
-                failures = 0
+                backoff.reset()
             finally:
                 self._reset()
                 with contextlib.suppress(Exception):  # a dead connection closes as it can
                     pubsub.close()
-            if failures:
-                self._stop.wait(min(MAX_RECONNECT_WAIT, 0.05 * 2 ** min(failures, 5)))
+            if pause:
+                self._background.wait(pause)
 
     def _listen(self, pubsub: Any) -> None:
-        """Apply changes until stopped; raise when the copy can no longer be trusted."""
+        """Apply changes until stopped; raise when the cache can no longer be trusted."""
         subscribed_by = time.monotonic() + self._timeout
         next_check = math.inf
         pong_by = math.inf
-        while not self._stop.is_set():
+        while not self._background.stopping.is_set():
             message = pubsub.get_message(timeout=CHECK_INTERVAL)
             now = time.monotonic()
             if message is not None:
@@ -281,8 +286,8 @@ class Mirror:
         with self._lock:
             if self._epoch is None:
                 self._epoch = epoch
-            elif epoch != self._epoch:  # flushed, or restarted empty: every copy is stale
-                self._drop_copies()
+            elif epoch != self._epoch:  # flushed, or restarted empty: everything cached is stale
+                self._drop_all()
                 self._epoch = epoch
 
     def _drop_old(self, now: float) -> None:
@@ -303,10 +308,10 @@ class Mirror:
         with self._lock:
             self._current = False
             self._epoch = None
-            self._drop_copies()
+            self._drop_all()
 
-    def _drop_copies(self) -> None:
-        """Under the lock: forget every copy, load and write in flight."""
+    def _drop_all(self) -> None:
+        """Under the lock: forget every cached service, load and write in flight."""
         self._generation += 1
         self._by_name.clear()
         self._by_tag.clear()
@@ -316,9 +321,9 @@ class Mirror:
         self._ahead.clear()
         self.resets += 1
 
-    def _forget(self, copy: _Copy) -> None:
-        del self._by_name[copy.name]
-        del self._by_tag[copy.tag]
+    def _forget(self, cached: _CachedService) -> None:
+        del self._by_name[cached.name]
+        del self._by_tag[cached.tag]
 
     # -- changes received --------------------------------------------------------
 
@@ -349,39 +354,39 @@ class Mirror:
                     del self._ahead[key]
             elif self._ahead and (tag, member) in self._ahead:
                 return  # older than a write of this process already applied
-            copy = self._by_tag.get(tag)
-            if copy is not None:
-                self._apply(copy, fields)
+            cached = self._by_tag.get(tag)
+            if cached is not None:
+                self._apply(cached, fields)
                 return
             load = self._loading_tags.get(tag)
             if load is not None and load.marked:
                 load.after_mark.append(fields)
-            # else: a service this process has not copied, or a change the read includes
+            # else: a service this process has not cached, or a change the read includes
 
-    def _apply(self, copy: _Copy, fields: list[bytes]) -> None:
+    def _apply(self, cached: _CachedService, fields: list[bytes]) -> None:
         if fields[1] == b"put" and len(fields) == 5:
             try:
-                instance = self._parse_record(*copy.name, fields[4])
+                instance = self._parse_record(*cached.name, fields[4])
             except (ValueError, KeyError, TypeError):
                 return  # not a record keyard wrote
-            copy.put(fields[3], instance)
+            cached.put(fields[3], instance)
         elif fields[1] == b"del":
-            copy.remove(fields[3])
+            cached.remove(fields[3])
 
     def _install(self, load: _Load) -> None:
-        """Under the lock: the service's read and the changes after its mark become its copy."""
+        """Under the lock: the service's read and the changes after its mark are cached."""
         del self._loading[load.token]
         del self._loading_tags[load.tag]
         old = self._by_name.get(load.name)
         if old is not None:
             self._forget(old)
-        copy = _Copy(load.name, load.tag, time.monotonic())
+        cached = _CachedService(load.name, load.tag, time.monotonic())
         for member, instance in (load.snapshot or {}).items():
-            copy.put(member, instance)
+            cached.put(member, instance)
         for fields in load.after_mark:
-            self._apply(copy, fields)
-        self._by_name[load.name] = copy
-        self._by_tag[load.tag] = copy
+            self._apply(cached, fields)
+        self._by_name[load.name] = cached
+        self._by_tag[load.tag] = cached
         while len(self._by_name) > MAX_SERVICES:
             self._forget(next(iter(self._by_name.values())))
 
@@ -390,21 +395,21 @@ class Mirror:
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
     ) -> list[Instance] | None:
-        """The live instances from the copy, or None when the copy cannot answer."""
+        """The live instances from the cache, or None when the cache cannot answer."""
         with self._lock:
             if not self._current:
                 return None
-            copy = self._by_name.get((namespace, service_name))
-            if copy is None:
+            cached = self._by_name.get((namespace, service_name))
+            if cached is None:
                 return None
-            if time.monotonic() - copy.loaded_at > MAX_AGE:
-                self._forget(copy)
+            if time.monotonic() - cached.loaded_at > MAX_AGE:
+                self._forget(cached)
                 return None
-            return copy.live(version, now)
+            return cached.live(version, now)
 
     def begin_load(self, namespace: str, service_name: str, tag: bytes) -> bytes | None:
         """A token for the script that reads the service and publishes its mark, or None
-        when the service should be read without copying (not current, already loading)."""
+        when the service should be read without caching (not current, already loading)."""
         with self._lock:
             if not self._current or tag in self._loading_tags:
                 return None
@@ -443,21 +448,21 @@ class Mirror:
     def finish_write(
         self, write_id: str, generation: int, change: Instance | Removal | None
     ) -> None:
-        """Apply this process's write to the copy at once: ``change`` is the stored record,
+        """Apply this process's write to the cache at once: ``change`` is the stored record,
         :data:`REMOVED`, or None when the write failed or changed nothing."""
         key = write_id.encode("ascii")
         with self._lock:
             own = self._own.get(key)
             if own is None or generation != self._generation:
-                return  # already received (and applied in order), or the copy was dropped
+                return  # already received (and applied in order), or the cache was dropped
             tag, member, _ = own
-            copy = self._by_tag.get(tag)
-            if change is None or copy is None:
+            cached = self._by_tag.get(tag)
+            if change is None or cached is None:
                 del self._own[key]  # nothing to apply ahead; received later as any change
                 return
             self._own[key] = (tag, member, True)
             self._ahead[(tag, member)] = self._ahead.get((tag, member), 0) + 1
             if isinstance(change, Instance):
-                copy.put(member, change)
+                cached.put(member, change)
             else:
-                copy.remove(member)
+                cached.remove(member)
