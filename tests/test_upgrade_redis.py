@@ -197,7 +197,7 @@ def test_a_cached_lookup_elsewhere_sees_the_converted_instances(
 ) -> None:
     reader = open_store(own_redis_server, cache=True)
     try:
-        mirror = reader._mirror_here()
+        mirror = reader._cache_here()
         assert mirror is not None
         deadline = time.monotonic() + 10
         while not mirror.current and time.monotonic() < deadline:

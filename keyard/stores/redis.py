@@ -770,9 +770,6 @@ class RedisStore(Store):
             return cache
         return self._cache.get(self._start_cache)
 
-    # The name tests/test_upgrade_redis.py still uses.
-    _mirror_here = _cache_here
-
     def _start_cache(self) -> RedisCache:
         cache = RedisCache(
             self.client,
