@@ -689,7 +689,7 @@ class SqliteStore(Store):
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             if cache_kib is not None:
                 connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
@@ -699,6 +699,25 @@ class SqliteStore(Store):
             connection.close()
             raise
         return connection, identity
+
+    def _use_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the database to WAL, waiting (up to the timeout) for other processes.
+
+        Changing a database's journal mode needs it to itself, and SQLite answers
+        "database is locked" at once, without its busy wait, while another process
+        holds it: several keyard processes opening a file that is not in WAL yet (a
+        new one, or one an upgrade is converting) would otherwise fail to start.
+        """
+        deadline = time.monotonic() + max(self.timeout, 0.1)
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _file_identity(self) -> tuple[int, int]:
         status = os.stat(self.path)
