@@ -113,12 +113,16 @@ class InstanceFilter(NamedTuple):
     tags: tuple[str, ...] = ()
     statuses: frozenset[str] | None = frozenset({UP})
 
-    def keeps(self, instance: Instance) -> bool:
-        if self.version is not None and instance.version != self.version:
-            return False
-        if self.statuses is not None and instance.effective_status not in self.statuses:
-            return False
-        return all(tag in instance.tags for tag in self.tags)
+    def apply(self, instances: list[Instance]) -> list[Instance]:
+        """The instances this filter keeps, in their order (a lookup's hot path: inline)."""
+        version, statuses, tags = self.version, self.statuses, self.tags
+        if version is not None:
+            instances = [i for i in instances if i.version == version]
+        if statuses is not None:
+            instances = [i for i in instances if (i.status_override or i.status) in statuses]
+        if tags:
+            instances = [i for i in instances if all(tag in i.tags for tag in tags)]
+        return instances
 
 
 class Registration(NamedTuple):

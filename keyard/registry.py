@@ -194,12 +194,7 @@ class Registry:
         if where.version is not None:
             model.check_text("version", where.version)
         found = self.store.lookup(namespace, service_name, where.version, self.clock())
-        statuses, tags = where.statuses, where.tags
-        if statuses is not None:  # the common case, inline: a lookup's hot path
-            found = [i for i in found if (i.status_override or i.status) in statuses]
-        if tags:
-            found = [i for i in found if all(tag in i.tags for tag in tags)]
-        return found
+        return where.apply(found)
 
     def choose(
         self,
