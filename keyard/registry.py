@@ -8,9 +8,11 @@ It knows nothing about HTTP.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from keyard import model
 from keyard.balancing import Strategy, default_strategies
@@ -29,6 +31,22 @@ from keyard.stores.base import Store
 Clock = Callable[[], float]
 #: No filter but the default one: UP instances of every version.
 UP_INSTANCES = InstanceFilter()
+
+
+class Reading(NamedTuple):
+    """A lookup's answer, and what says how long it holds (see :class:`keyard.answers.Answers`).
+
+    ``stamp`` is the store's change stamp taken before the read (``None``: the
+    store cannot tell); the answer holds from ``read_at`` until ``fresh_until``, the
+    earliest expiry of the instances read, while the stamp stays the same.
+    """
+
+    instances: list[Instance]
+    namespace: str
+    service_name: str
+    stamp: Hashable | None
+    read_at: float
+    fresh_until: float
 
 
 @dataclass(frozen=True)
@@ -183,18 +201,39 @@ class Registry:
             raise NotFound(self._unknown(key))
         return found
 
-    def instances(
+    def read(
         self, namespace: str, service_name: str, where: InstanceFilter = UP_INSTANCES
-    ) -> list[Instance]:
-        """The live instances of the service that ``where`` keeps.
+    ) -> Reading:
+        """The live instances of the service that ``where`` keeps, and how long that holds.
 
         Ordered by version, then location, then instance id.
         """
         model.check_text("service_name", service_name)
         if where.version is not None:
             model.check_text("version", where.version)
-        found = self.store.lookup(namespace, service_name, where.version, self.clock())
-        return where.apply(found)
+        store = self.store
+        stamp = store.change_stamp(namespace, service_name)  # before the read: never newer
+        now = self.clock()
+        found = store.lookup(namespace, service_name, where.version, now)
+        fresh_until = min([i.expires_at for i in found], default=math.inf)
+        return Reading(where.apply(found), namespace, service_name, stamp, now, fresh_until)
+
+    def instances(
+        self, namespace: str, service_name: str, where: InstanceFilter = UP_INSTANCES
+    ) -> list[Instance]:
+        """The live instances of the service that ``where`` keeps (see :meth:`read`)."""
+        return self.read(namespace, service_name, where).instances
+
+    def strategy(self, name: str) -> Strategy:
+        """The load-balancing strategy of that name; InvalidInput for an unknown one."""
+        strategy = self.strategies.get(name)
+        if strategy is None:
+            shown = name if len(name) <= 40 else f"{name[:40]}..."
+            raise InvalidInput(
+                f"load_balancer_strategy {shown!r} is not known; "
+                f"valid: {', '.join(sorted(self.strategies))}"
+            )
+        return strategy
 
     def choose(
         self,
@@ -208,17 +247,10 @@ class Registry:
         InvalidInput for an unknown strategy; NotFound when no instance matches
         (or the strategy may pick none of them).
         """
-        strategy = self.strategies.get(strategy_name)
-        if strategy is None:
-            shown = strategy_name if len(strategy_name) <= 40 else f"{strategy_name[:40]}..."
-            raise InvalidInput(
-                f"load_balancer_strategy {shown!r} is not known; "
-                f"valid: {', '.join(sorted(self.strategies))}"
-            )
+        strategy = self.strategy(strategy_name)
         found = self.instances(namespace, service_name, where)
         if not found:
-            raise NotFound(f"no live instance of {_describe(service_name, where.version)}"
-                           + _filter_words(where))
+            raise NotFound(no_instance_message(service_name, where))
         return strategy.choose(found, (namespace, service_name, where))
 
     def services(self, namespace: str) -> list[ServiceSummary]:
@@ -236,6 +268,11 @@ class Registry:
     @staticmethod
     def _unknown(key: InstanceKey) -> str:
         return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
+
+
+def no_instance_message(service_name: str, where: InstanceFilter) -> str:
+    """The NotFound message of a choice among no instance."""
+    return f"no live instance of {_describe(service_name, where.version)}" + _filter_words(where)
 
 
 def _filter_words(where: InstanceFilter) -> str:

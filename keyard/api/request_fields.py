@@ -46,10 +46,17 @@ def _read_stream(stream: _Readable) -> bytes:
         ) from exc
 
 
+def has_no_body(req: falcon.Request) -> bool:
+    """Whether the request surely has no body (most GETs and DELETEs): its fields are
+    all in the query string. Read from the WSGI environ, without parsing a header."""
+    env = req.env
+    return env.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in env
+
+
 def _read_body(req: falcon.Request) -> bytes:
+    if has_no_body(req):
+        return b""
     length = req.content_length
-    if not length and req.get_header("Transfer-Encoding") is None:
-        return b""  # no body: most GETs and DELETEs
     if length is not None and length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(
             title="Request body too large",

@@ -9,7 +9,7 @@ is tested by :mod:`keyard.testing.store_contract`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
 from keyard.model import Instance, InstanceKey, ServiceSummary
@@ -35,6 +35,16 @@ def merged(live: Instance | None, instance: Instance, keep: frozenset[str]) -> I
         status_override=live.status_override,
         registered_at=live.registered_at,
         expires_at=instance.last_heartbeat_at + ttl,
+    )
+
+
+def lease_only(before: Instance | None, after: Instance) -> bool:
+    """Whether a write of ``after`` over the live ``before`` only extended its lease:
+    then no lookup's answer changed (a change stamp or index need not move)."""
+    if before is None:
+        return False
+    return before._replace(ttl=0, last_heartbeat_at=0.0, expires_at=0.0) == after._replace(
+        ttl=0, last_heartbeat_at=0.0, expires_at=0.0
     )
 
 
@@ -138,6 +148,19 @@ class Store(abc.ABC):
 
         ``up`` counts the records whose effective status is ``UP``.
         """
+
+    def change_stamp(self, namespace: str, service_name: str) -> Hashable | None:
+        """A value that changes whenever a write may change the service's :meth:`lookup`.
+
+        Taken before a lookup, it lets a caller keep that lookup's answer (and
+        what it made of it) for as long as two things hold: the stamp is equal,
+        and no record of the answer has reached its ``expires_at`` (expiry moves
+        no stamp). Every write of this process and of every other process that
+        shares the store must change it, the moment the write has returned.
+        It must cost no I/O: it is asked on every lookup. ``None`` (the default)
+        says the store cannot tell cheaply, and every lookup reads it afresh.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections or files. The store is not used afterwards."""

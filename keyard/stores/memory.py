@@ -15,7 +15,7 @@ from typing import Any
 
 from keyard.errors import ConfigError
 from keyard.model import UP, Instance, InstanceKey, ServiceSummary
-from keyard.stores.base import Store, merged, ordered
+from keyard.stores.base import Store, lease_only, merged, ordered
 
 # (namespace, service) -> instance_id -> record
 _Index = dict[tuple[str, str], dict[str, Instance]]
@@ -39,6 +39,10 @@ class MemoryStore(Store):
         # (expires_at, namespace, service, instance_id); an entry is stale when the
         # record it names has since been refreshed or removed.
         self._expiries: list[tuple[float, str, str, str]] = []
+        # (namespace, service) -> its change stamp: the value of _writes at its last
+        # change. A service with no records has none (0): its answer is empty.
+        self._stamps: dict[tuple[str, str], int] = {}
+        self._writes = 0
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MemoryStore:
@@ -58,6 +62,8 @@ class MemoryStore(Store):
             live = known if known is not None and known.expires_at > now else None
             stored = merged(live, instance, keep)
             records[instance.instance_id] = stored
+            if not lease_only(live, stored):
+                self._changed(instance.namespace, instance.service_name)
             heapq.heappush(
                 self._expiries,
                 (stored.expires_at, stored.namespace, stored.service_name, stored.instance_id),
@@ -87,7 +93,11 @@ class MemoryStore(Store):
                 return None
             instance = instance._replace(status_override=status)
             records[key.instance_id] = instance
+            self._changed(key.namespace, key.service_name)
         return instance
+
+    def change_stamp(self, namespace: str, service_name: str) -> int:
+        return self._stamps.get((namespace, service_name), 0)
 
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
@@ -124,6 +134,10 @@ class MemoryStore(Store):
 
     # -- internals; the caller holds the lock --------------------------------
 
+    def _changed(self, namespace: str, service_name: str) -> None:
+        self._writes += 1
+        self._stamps[(namespace, service_name)] = self._writes
+
     def _remove(self, namespace: str, service_name: str, instance_id: str) -> Instance | None:
         records = self._services.get((namespace, service_name))
         if records is None:
@@ -132,8 +146,11 @@ class MemoryStore(Store):
         if instance is None:
             return None
         self._count -= 1
-        if not records:
+        if records:
+            self._changed(namespace, service_name)
+        else:
             del self._services[(namespace, service_name)]
+            self._stamps.pop((namespace, service_name), None)
         return instance
 
     def _purge(self, now: float) -> None:

@@ -5,8 +5,9 @@ in WAL mode (readers never wait for the writer); each process has one connection
 for reading and one for writing, each used by one thread at a time; and every
 write is one statement (an upsert that returns what it replaced), so its
 new-or-refreshed answer is atomic across processes. Lookups are answered from the
-process's cache of answers while ``PRAGMA data_version`` says that no connection
-has changed the database since. The registry survives a restart of keyard. The
+process's cache of answers while the WAL index header in shared memory says that no
+connection of any process has committed since (a read of memory; see
+:class:`_WalIndexHeader`). The registry survives a restart of keyard. The
 file must be on a local disk: WAL needs shared memory, which network file systems
 do not give.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "./keyard-data/registry.db"
 DEFAULT_TIMEOUT = 5.0
+#: A WAL index (``-shm``) file is at least one 32 KiB region once a connection has used it.
+WAL_INDEX_MIN_BYTES = 32768
 
 TABLE = "instance_records"
 _SCHEMA = f"""
@@ -413,20 +417,20 @@ _AnswerKey = tuple[str, str, "str | None"]  # (namespace, service_name, version)
 class _Answers:
     """The reading connection's cached lookup answers, good while the database is unchanged.
 
-    ``stamp`` is that connection's ``PRAGMA data_version`` when they were read
-    (``None`` before the first read), ``latest_read`` the latest ``now`` they were
-    read at. A new reading connection starts a new cache: its data_version
-    values are its own.
+    ``stamp`` is the WAL index header (or, where it is not mapped, that
+    connection's ``PRAGMA data_version``) when they were read (``None`` before the
+    first read), ``latest_read`` the latest ``now`` they were read at. A new
+    reading connection starts a new cache: its data_version values are its own.
     """
 
     __slots__ = ("stamp", "latest_read", "answers")
 
     def __init__(self) -> None:
-        self.stamp: int | None = None
+        self.stamp: int | bytes | None = None
         self.latest_read = float("-inf")
         self.answers: dict[_AnswerKey, list[Instance]] = {}
 
-    def reset(self, stamp: int) -> None:
+    def reset(self, stamp: int | bytes) -> None:
         self.stamp, self.latest_read, self.answers = stamp, float("-inf"), {}
 
     def keep(self, key: _AnswerKey, found: list[Instance], now: float) -> None:
@@ -436,19 +440,57 @@ class _Answers:
         self.latest_read = max(self.latest_read, now)
 
 
+class _WalIndexHeader:
+    """The header of the database's WAL index, read in shared memory: a commit's mark.
+
+    In WAL mode every connection of every process maps the ``-shm`` file, whose
+    first 48 bytes (https://sqlite.org/walformat.html, "the WAL-index header") a
+    commit rewrites (a transaction counter, the last commit frame, checksums)
+    before it returns; nothing else but a checkpoint that restarts the WAL
+    changes them. So comparing them tells whether any connection of any process
+    has committed since: a read of memory, no system call, no lock.
+
+    The map is made and dropped with the process's reading connection, which
+    keeps the file mapped (and unchanged in size) for as long as it is open.
+    """
+
+    SIZE = 48
+
+    def __init__(self, database: Path) -> None:
+        descriptor = os.open(f"{database}-shm", os.O_RDONLY)
+        try:
+            if os.fstat(descriptor).st_size < WAL_INDEX_MIN_BYTES:
+                raise OSError(f"{database}-shm is not an initialised WAL index")
+            self._map = mmap.mmap(descriptor, self.SIZE, prot=mmap.PROT_READ)
+        finally:
+            os.close(descriptor)
+
+    def read(self) -> bytes | None:
+        """The header's bytes, or None once closed (by another thread, meanwhile)."""
+        try:
+            return self._map[: self.SIZE]
+        except ValueError:
+            return None
+
+    def close(self) -> None:
+        self._map.close()
+
+
 class _Slot:
     """One connection of this process (the reading one, or the writing one).
 
     Used under its lock (see :meth:`SqliteStore._turn`), so by one thread at a
     time. ``pid`` is the process that opened it: a connection never crosses a fork.
+    ``wal_index``: the reading connection's map of the WAL index header, if made.
     """
 
-    __slots__ = ("connection", "pid", "identity")
+    __slots__ = ("connection", "pid", "identity", "wal_index")
 
     def __init__(self) -> None:
         self.connection: sqlite3.Connection | None = None
         self.pid = 0
         self.identity = (0, 0)  # (device, inode) of the file it opened
+        self.wal_index: _WalIndexHeader | None = None
 
 
 class SqliteStore(Store):
@@ -621,19 +663,36 @@ class SqliteStore(Store):
             rows = db.execute(_SET_OVERRIDE, parameters).fetchall()
         return _record(rows[0]) if rows else None
 
+    def change_stamp(self, namespace: str, service_name: str) -> bytes | None:
+        """The WAL index header (see :class:`_WalIndexHeader`): it changes with every
+        commit of every process, to any service. ``None`` while the reading
+        connection is not open in this process, or when its look at the file is due
+        (so that the lookup that follows makes it)."""
+        slot = self._reader
+        header = slot.wal_index
+        if header is None or slot.pid != os.getpid() or self._lost_in_pid is not None:
+            return None
+        if time.monotonic() >= self._next_file_check:
+            return None
+        return header.read()
+
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
     ) -> list[Instance]:
         """Served from the process's cache of answers while the database is unchanged.
 
-        ``PRAGMA data_version`` on the reading connection (one step, no table
-        read) tells whether any other connection, the writing one of this process
-        included, has committed since the cache was filled. A cached answer holds
-        the instances live when it was read, so it is filtered by ``now``.
+        The WAL index header (:meth:`change_stamp`), or where it cannot be read
+        ``PRAGMA data_version`` on the reading connection, tells whether any
+        connection, the writing one of this process included, has committed since
+        the cache was filled. A cached answer holds the instances live when it was
+        read, so it is filtered by ``now``.
         """
         with self._reading() as db:
             cache = self._answers
-            stamp = db.execute(_DATA_VERSION).fetchone()[0]
+            header = self._reader.wal_index
+            stamp = header.read() if header is not None else None
+            if stamp is None:
+                stamp = db.execute(_DATA_VERSION).fetchone()[0]
             # An answer read at a later ``now`` may lack rows still live at this one.
             if stamp != cache.stamp or now < cache.latest_read:
                 cache.reset(stamp)
@@ -671,6 +730,10 @@ class SqliteStore(Store):
         with self._connections_lock:
             ours = [entry for entry in self._connections if entry[0] == pid]
             self._connections = [entry for entry in self._connections if entry[0] != pid]
+        header = self._reader.wal_index
+        if header is not None and self._reader.pid == pid:
+            self._reader.wal_index = None
+            header.close()  # before the connection that keeps the file mapped
         for _, connection, identity in ours:
             self._close_connection(connection, identity)
 
@@ -814,9 +877,21 @@ class SqliteStore(Store):
                 self._checkpointer = _Checkpointer(self)
         slot.connection, slot.pid, slot.identity = connection, pid, identity
         if slot is self._reader:
+            slot.wal_index = self._map_wal_index(connection)
             self._answers = _Answers()
             self._next_file_check = time.monotonic() + FILE_CHECK_INTERVAL
         return connection
+
+    def _map_wal_index(self, connection: sqlite3.Connection) -> _WalIndexHeader | None:
+        """Map the WAL index header of the newly opened reading ``connection`` (see
+        :class:`_WalIndexHeader`); None where it cannot be (lookups then ask
+        ``PRAGMA data_version``)."""
+        try:
+            connection.execute(f"SELECT 1 FROM {TABLE} LIMIT 0").fetchall()  # opens the index
+            return _WalIndexHeader(self.path)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            log.info("sqlite store: lookups ask data_version (no WAL index map: %s)", exc)
+            return None
 
     def _discard_connection(self, slot: _Slot) -> None:
         """Close the slot's connection after a failure; the next call opens a fresh one."""
@@ -824,6 +899,9 @@ class SqliteStore(Store):
         if connection is None or slot.pid != os.getpid():
             return
         slot.connection = None
+        if slot.wal_index is not None:
+            slot.wal_index.close()  # before the connection that keeps the file mapped
+            slot.wal_index = None
         with self._connections_lock:
             self._connections = [entry for entry in self._connections if entry[1] is not connection]
         self._close_connection(connection, slot.identity)

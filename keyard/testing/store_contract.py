@@ -415,6 +415,51 @@ class StoreContract:
         assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, time.time())) == ["lasting"]
         assert store.put(make(location="brief", ttl=1))[1] is True
 
+    # -- change stamps (Store.change_stamp) ----------------------------------------------
+
+    @staticmethod
+    def stamp(store: Store, service: str = "web") -> object:
+        """The service's change stamp, after a lookup (a store may need one read to tell)."""
+        store.lookup(DEFAULT_NAMESPACE, service, None, time.time())
+        return store.change_stamp(DEFAULT_NAMESPACE, service)
+
+    def test_every_write_to_a_service_changes_its_change_stamp(self, store: Store) -> None:
+        now = time.time()
+        first = make(location="a", now=now)
+        writes = {
+            "a registration": lambda: store.put(first),
+            "a second instance": lambda: store.put(make(location="b", now=now)),
+            "new tags": lambda: store.put(first._replace(tags=("t",))),
+            "new metadata": lambda: store.put(first._replace(metadata={"k": "v"})),
+            "a new weight": lambda: store.put(first._replace(weight=5)),
+            "a new status": lambda: store.put(first._replace(status="DOWN")),
+            "a new location": lambda: store.put(first._replace(location="moved")),
+            "an override": lambda: store.set_override(first.key, "OUT_OF_SERVICE", now),
+            "no override": lambda: store.set_override(first.key, None, now),
+            "a deregistration": lambda: store.deregister(first.key, now),
+        }
+        before = self.stamp(store)
+        for what, write in writes.items():
+            write()
+            after = self.stamp(store)
+            assert after is None or after != before, f"{what} left the change stamp as it was"
+            before = after
+
+    def test_reads_leave_the_change_stamp_as_it_is(self, store: Store) -> None:
+        store.put(make())
+        first = self.stamp(store)
+        store.get(make().key, time.time())
+        store.services(DEFAULT_NAMESPACE, time.time())
+        assert self.stamp(store) == first
+
+    def test_a_stamp_is_never_one_an_earlier_state_had(self, store: Store) -> None:
+        """An empty service's stamp may repeat (its answer is the same); a non-empty one's not."""
+        store.put(make(location="a"))
+        with_a = self.stamp(store)
+        store.deregister(make(location="a").key, time.time())
+        store.put(make(location="b"))
+        assert with_a is None or self.stamp(store) != with_a
+
     # -- scale and concurrency ---------------------------------------------------------
 
     def test_many_instances_of_one_service(self, store: Store) -> None:

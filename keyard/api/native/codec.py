@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from keyard.model import Instance, ServiceSummary, iso_time
+
+
+def encode(answer: object) -> bytes:
+    """An answer's JSON bytes, exactly as falcon's default media handler writes them."""
+    return json.dumps(answer, ensure_ascii=False).encode("utf-8")
 
 
 def short_view(instance: Instance) -> dict[str, object]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import NamedTuple
+
 import falcon
 
+from keyard.answers import Answers
 from keyard.api.native import codec, fields
 from keyard.api.paths import segment
-from keyard.api.request_fields import read_fields
-from keyard.model import DEFAULT_VERSION, InstanceKey
-from keyard.registry import Registry
+from keyard.api.request_fields import has_no_body, read_fields
+from keyard.balancing import Strategy
+from keyard.errors import NotFound
+from keyard.model import DEFAULT_VERSION, Instance, InstanceKey
+from keyard.registry import Registry, no_instance_message
 
 
 class NativeResource:
@@ -22,22 +28,58 @@ class NativeResource:
         return f"between {self.registry.ttl.minimum} and {self.registry.ttl.maximum}"
 
 
+class _Choice(NamedTuple):
+    """A kept lookup for a load-balancing choice: the candidates and each one's answer."""
+
+    strategy: Strategy
+    key: Hashable  # what the strategy's turns are counted by
+    candidates: list[Instance]
+    answers: dict[str, bytes]  # instance_id -> the answer that names it
+
+
 class KeyardResource(NativeResource):
-    """``/keyard``: register (POST), health-check (PUT), deregister (DELETE), look up (GET)."""
+    """``/keyard``: register (POST), health-check (PUT), deregister (DELETE), look up (GET).
+
+    A lookup's answer is kept (:class:`keyard.answers.Answers`) under the namespace
+    and the query string, so a repeated lookup reads no field and no store.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry)
+        self.answers: Answers[bytes | _Choice] = Answers(registry)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        key = None
+        if has_no_body(req):
+            key = (req.context.namespace, req.query_string)
+            kept = self.answers.get(key)
+            if kept is not None:
+                resp.data = kept if isinstance(kept, bytes) else _chosen(kept)
+                return
         given = read_fields(req)
         fields.reject_unknown(given, fields.LOOKUP_FIELDS)
         service_name = fields.text(given, "service_name")
         where = fields.instance_filter(given, default_statuses=frozenset({"UP"}))
         namespace = req.context.namespace
+        reading = self.registry.read(namespace, service_name, where)
         if "load_balancer_strategy" in given:
-            strategy = fields.text(given, "load_balancer_strategy")
-            chosen = self.registry.choose(namespace, service_name, strategy, where)
-            resp.media = {"result": chosen.location}
+            strategy = self.registry.strategy(fields.text(given, "load_balancer_strategy"))
+            if not reading.instances:
+                raise NotFound(no_instance_message(service_name, where))
+            choice = _Choice(
+                strategy,
+                (namespace, service_name, where),
+                reading.instances,
+                {i.instance_id: codec.encode({"result": i.location}) for i in reading.instances},
+            )
+            if key is not None:
+                self.answers.keep(key, reading, choice)
+            resp.data = _chosen(choice)
         else:
-            found = self.registry.instances(namespace, service_name, where)
-            resp.media = {"result": [instance.location for instance in found]}
+            answer = codec.encode({"result": [i.location for i in reading.instances]})
+            if key is not None:
+                self.answers.keep(key, reading, answer)
+            resp.data = answer
 
     # HEAD is GET without the body (RFC 9110 9.3.2: every server supports both);
     # falcon drops the body and keeps the status and headers, Content-Length included.
@@ -111,6 +153,10 @@ class ServiceResource(NativeResource):
         resp.media = {"service_name": name, "instances": [codec.record_view(i) for i in found]}
 
     on_head = on_get
+
+
+def _chosen(choice: _Choice) -> bytes:
+    return choice.answers[choice.strategy.choose(choice.candidates, choice.key).instance_id]
 
 
 def _key(req: falcon.Request, service_name: str, instance_id: str) -> InstanceKey:

@@ -1,0 +1,223 @@
+"""Kept lookup answers (keyard.answers) through the /keyard API: fast, and never stale.
+
+A kept answer must be given back byte for byte as a fresh one, and never once a
+write (of this process or another on the same store) or an expiry has changed it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webtest
+
+from keyard.answers import KEPT_ANSWERS
+from keyard.app import create_app
+from keyard.stores.memory import MemoryStore
+from keyard.stores.sqlite import SqliteStore
+from tests.conftest import FakeClock
+
+
+def _lookup_answers(app: webtest.TestApp, query: str = "service_name=web") -> bytes:
+    return app.get(f"/keyard?{query}").body
+
+
+@pytest.fixture(params=["simple", "sqlite"])
+def store_and_path(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[object, Path]:
+    path = tmp_path / "registry.db"
+    store = MemoryStore() if request.param == "simple" else SqliteStore(path)
+    yield store, path
+    store.close()
+
+
+@pytest.fixture
+def api(store_and_path: tuple[object, Path], clock: FakeClock) -> webtest.TestApp:
+    store, _ = store_and_path
+    return webtest.TestApp(create_app({}, store=store, clock=clock))
+
+
+def _register(app: webtest.TestApp, location: str, **fields: object) -> None:
+    app.post_json("/keyard", {"service_name": "web", "location": location, **fields})
+
+
+def _resource(app: webtest.TestApp) -> object:
+    return app.app._router.find("/keyard")[0]
+
+
+def test_a_repeated_lookup_answers_the_same_bytes_from_what_was_kept(
+    api: webtest.TestApp,
+) -> None:
+    _register(api, "http://a", ttl=60)
+    _register(api, "http://b", ttl=60)
+    first = api.get("/keyard?service_name=web")
+    api.get("/keyard?service_name=web")  # sqlite's first read opens what tells changes
+    kept = _resource(api).answers._kept  # type: ignore[attr-defined]
+    assert len(kept) == 1
+    again = api.get("/keyard?service_name=web")
+    assert again.body == first.body == b'{"result": ["http://a", "http://b"]}'
+    assert again.headers["Content-Type"] == first.headers["Content-Type"] == "application/json"
+    assert again.headers["Content-Length"] == first.headers["Content-Length"]
+
+
+def test_every_write_shows_at_once(api: webtest.TestApp) -> None:
+    _register(api, "http://a")
+    assert _lookup_answers(api) == b'{"result": ["http://a"]}'
+    _register(api, "http://b")
+    assert _lookup_answers(api) == b'{"result": ["http://a", "http://b"]}'
+    api.delete("/keyard", {"service_name": "web", "location": "http://a"})
+    assert _lookup_answers(api) == b'{"result": ["http://b"]}'
+    instance_id = api.get("/keyard/services/web").json["instances"][0]["instance_id"]
+    api.put_json(f"/keyard/services/web/instances/{instance_id}/status", {"status": "DOWN"})
+    assert _lookup_answers(api) == b'{"result": []}'
+    api.delete(f"/keyard/services/web/instances/{instance_id}/status")
+    assert _lookup_answers(api) == b'{"result": ["http://b"]}'
+    _register(api, "http://b", tags=["canary"])
+    assert _lookup_answers(api, "service_name=web&tag=canary") == b'{"result": ["http://b"]}'
+    _register(api, "http://b", tags=[])
+    assert _lookup_answers(api, "service_name=web&tag=canary") == b'{"result": []}'
+
+
+def test_an_expiry_shows_at_once_though_nothing_was_written(
+    api: webtest.TestApp, clock: FakeClock
+) -> None:
+    _register(api, "http://brief", ttl=5)
+    _register(api, "http://lasting", ttl=60)
+    assert _lookup_answers(api) == b'{"result": ["http://brief", "http://lasting"]}'
+    clock.advance(4.9)
+    assert _lookup_answers(api) == b'{"result": ["http://brief", "http://lasting"]}'
+    clock.advance(0.2)
+    assert _lookup_answers(api) == b'{"result": ["http://lasting"]}'
+
+
+def test_a_clock_that_went_back_is_not_answered_from_a_later_read(
+    api: webtest.TestApp, store_and_path: tuple[object, Path], clock: FakeClock
+) -> None:
+    _register(api, "http://brief", ttl=5)
+    clock.advance(10)
+    assert _lookup_answers(api) == b'{"result": []}'
+    clock.advance(-8)
+    fresh = webtest.TestApp(create_app({}, store=store_and_path[0], clock=clock))
+    assert _lookup_answers(api) == _lookup_answers(fresh)
+
+
+def test_a_lookup_with_a_body_is_not_answered_from_the_query_alone(
+    api: webtest.TestApp,
+) -> None:
+    _register(api, "http://one", version="1")
+    _register(api, "http://two", version="2")
+    assert _lookup_answers(api) == b'{"result": ["http://one", "http://two"]}'
+    with_body = api.request(
+        "/keyard?service_name=web",
+        method="GET",
+        body=b"version=2",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert with_body.json == {"result": ["http://two"]}
+
+
+def test_choices_from_kept_candidates_still_spread_and_take_turns(api: webtest.TestApp) -> None:
+    for location in ("http://a", "http://b", "http://c"):
+        _register(api, location)
+    picked = Counter(
+        api.get("/keyard?service_name=web&load_balancer_strategy=random").json["result"]
+        for _ in range(150)
+    )
+    assert set(picked) == {"http://a", "http://b", "http://c"}
+    turns = [
+        api.get("/keyard?service_name=web&load_balancer_strategy=round_robin").json["result"]
+        for _ in range(6)
+    ]
+    assert turns[:3] == turns[3:] and sorted(turns[:3]) == ["http://a", "http://b", "http://c"]
+    _register(api, "http://a", weight=0)
+    _register(api, "http://b", weight=0)
+    weighted = {
+        api.get("/keyard?service_name=web&load_balancer_strategy=weighted").json["result"]
+        for _ in range(30)
+    }
+    assert weighted == {"http://c"}
+    _register(api, "http://c", weight=0)
+    response = api.get("/keyard?service_name=web&load_balancer_strategy=weighted", status=404)
+    assert "weight" in response.json["description"]
+
+
+def test_an_unknown_strategy_or_no_instance_is_an_error_every_time(
+    api: webtest.TestApp,
+) -> None:
+    for _ in range(2):
+        api.get("/keyard?service_name=web&load_balancer_strategy=random", status=404)
+        api.get("/keyard?service_name=web&load_balancer_strategy=nope", status=400)
+
+
+def test_distinct_query_strings_keep_a_bounded_number_of_answers(api: webtest.TestApp) -> None:
+    _register(api, "http://a")
+    for n in range(KEPT_ANSWERS + 10):
+        api.get(f"/keyard?service_name=web&version={n}")
+    assert len(_resource(api).answers._kept) <= KEPT_ANSWERS  # type: ignore[attr-defined]
+
+
+# -- another process on the same sqlite file ------------------------------------------
+
+
+def _writer(path: str, orders: multiprocessing.Queue, done: multiprocessing.Queue) -> None:
+    """Another keyard process: registers (or removes) what it is told, then says so."""
+    app = webtest.TestApp(create_app({"store_type": "sqlite", "sqlite": {"path": path}}))
+    while (order := orders.get(timeout=60)) is not None:
+        verb, location = order
+        if verb == "add":
+            app.post("/keyard", {"service_name": "web", "location": location, "ttl": 300})
+        else:
+            app.delete("/keyard", {"service_name": "web", "location": location})
+        done.put(location)
+
+
+def test_another_process_s_write_is_seen_by_the_next_lookup(tmp_path: Path) -> None:
+    """The bound of the sqlite store's kept answers: none. A write another process has
+    committed (its request answered) is in the next lookup of every process."""
+    path = str(tmp_path / "registry.db")
+    app = webtest.TestApp(create_app({"store_type": "sqlite", "sqlite": {"path": path}}))
+    context = multiprocessing.get_context("spawn")
+    orders: multiprocessing.Queue = context.Queue()
+    done: multiprocessing.Queue = context.Queue()
+    writer = context.Process(target=_writer, args=(path, orders, done), daemon=True)
+    writer.start()
+    try:
+        expected: list[str] = []
+        for n in range(40):
+            assert app.get("/keyard?service_name=web").json["result"] == expected  # kept
+            location = f"http://10.0.0.{n}:80"
+            orders.put(("add", location))
+            assert done.get(timeout=60) == location
+            expected = sorted([*expected, location])
+            assert app.get("/keyard?service_name=web").json["result"] == expected
+            if n % 3 == 2:
+                orders.put(("remove", expected[0]))
+                done.get(timeout=60)
+                expected = expected[1:]
+                assert app.get("/keyard?service_name=web").json["result"] == expected
+    finally:
+        orders.put(None)
+        writer.join(timeout=60)
+    assert writer.exitcode == 0
+
+
+def test_the_sqlite_store_tells_changes_by_shared_memory(tmp_path: Path) -> None:
+    """The stamp is the WAL index header: there after one read, moved by another
+    connection's commit, and unmoved by reads and checkpoints."""
+    path = tmp_path / "registry.db"
+    reader, writer = SqliteStore(path), SqliteStore(path)
+    try:
+        reader.lookup("default", "web", None, time.time())
+        first = reader.change_stamp("default", "web")
+        assert isinstance(first, bytes)
+        reader.lookup("default", "web", None, time.time())
+        assert reader.change_stamp("default", "web") == first
+        from keyard.testing.store_contract import make
+
+        writer.put(make(service="other"))
+        assert reader.change_stamp("default", "web") != first
+    finally:
+        reader.close()
+        writer.close()
