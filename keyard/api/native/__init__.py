@@ -27,12 +27,19 @@ log = logging.getLogger("keyard")
 PREFIX = "/keyard"
 
 
+#: Accept headers that surely accept JSON (or no Accept header at all).
+_ACCEPTS_JSON = frozenset({None, "*/*", "application/json"})
+
+
 class _RequireJsonAccept:
     """406 for a request whose Accept header excludes JSON (this tree only speaks JSON)."""
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]
     ) -> None:
+        accept = req.env.get("HTTP_ACCEPT")
+        if accept in _ACCEPTS_JSON:
+            return  # most requests: no parsing of the header
         if isinstance(resource, resources.NativeResource) and not req.client_accepts_json:
             raise falcon.HTTPNotAcceptable(
                 title="Not acceptable",
