@@ -16,9 +16,15 @@ import webtest
 
 from keyard.answers import KEPT_ANSWERS
 from keyard.app import create_app
+from keyard.stores.base import Store
+from keyard.stores.etcd import EtcdStore
 from keyard.stores.memory import MemoryStore
+from keyard.stores.redis import RedisStore
 from keyard.stores.sqlite import SqliteStore
+from keyard.testing.store_contract import make
 from tests.conftest import FakeClock
+from tests.etcd_server import unique_base_path
+from tests.test_store_etcd_cache import cached_store
 
 
 def _lookup_answers(app: webtest.TestApp, query: str = "service_name=web") -> bytes:
@@ -214,10 +220,54 @@ def test_the_sqlite_store_tells_changes_by_shared_memory(tmp_path: Path) -> None
         assert isinstance(first, bytes)
         reader.lookup("default", "web", None, time.time())
         assert reader.change_stamp("default", "web") == first
-        from keyard.testing.store_contract import make
-
         writer.put(make(service="other"))
         assert reader.change_stamp("default", "web") != first
     finally:
         reader.close()
         writer.close()
+
+
+# -- the cache options of redis and etcd ----------------------------------------------
+
+
+def _cached_stores(kind: str, request: pytest.FixtureRequest) -> tuple[Store, Store]:
+    """Two stores with ``cache`` on one server: this process's, and another keyard's."""
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        options = {"url": server.url, "prefix": request.getfixturevalue("redis_prefix")}
+        return (
+            RedisStore.from_options({**options, "cache": True}),
+            RedisStore.from_options(options),
+        )
+    endpoint = request.getfixturevalue("etcd_server").endpoint
+    base_path = unique_base_path()
+    return cached_store(endpoint, base_path), EtcdStore(base_path=base_path, host=endpoint)
+
+
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_a_cached_store_s_kept_answers_follow_another_process_s_writes(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    ours, theirs = _cached_stores(kind, request)
+    try:
+        app = webtest.TestApp(create_app({}, store=ours))
+        other = webtest.TestApp(create_app({}, store=theirs))
+        expected: list[str] = []
+        for n in range(5):
+            location = f"http://10.0.0.{n}:80"
+            other.post("/keyard", {"service_name": "web", "location": location, "ttl": 60})
+            expected.append(location)
+            deadline = time.monotonic() + 5
+            while app.get("/keyard?service_name=web").json["result"] != expected:
+                assert time.monotonic() < deadline, f"{location} never reached the kept answer"
+                time.sleep(0.005)
+        kept = _resource(app).answers._kept  # type: ignore[attr-defined]
+        assert kept, "the cached store's answers were never kept"
+        other.delete("/keyard", {"service_name": "web", "location": expected[0]})
+        deadline = time.monotonic() + 5
+        while app.get("/keyard?service_name=web").json["result"] != expected[1:]:
+            assert time.monotonic() < deadline, "the removal never reached the kept answer"
+            time.sleep(0.005)
+    finally:
+        ours.close()
+        theirs.close()

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii as _text
 from typing import Any
 
@@ -635,6 +635,11 @@ class RedisStore(Store):
             return None if reply is None else parse_record(namespace, service_name, reply)
 
         return change(self._write(self._set_override, namespace, service_name, args, change))
+
+    def change_stamp(self, namespace: str, service_name: str) -> Hashable | None:
+        """With ``cache``, the cache's (another process's writes show after its lag)."""
+        cache = self._cache_here() if self.cache else None
+        return cache.stamp(namespace, service_name) if cache is not None else None
 
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float

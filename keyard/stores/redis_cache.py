@@ -89,7 +89,7 @@ def _order(instance: Instance) -> tuple[str, str, str]:
 class _CachedService:
     """The instances of one service known to this process, with the order lookups want."""
 
-    __slots__ = ("name", "tag", "instances", "ordered", "next_expiry", "loaded_at")
+    __slots__ = ("name", "tag", "instances", "ordered", "next_expiry", "loaded_at", "changes")
 
     def __init__(self, name: tuple[str, str], tag: bytes, loaded_at: float) -> None:
         self.name = name  # (namespace, service_name)
@@ -99,16 +99,20 @@ class _CachedService:
         #: No instance expires before this time (a lower bound: refreshes do not raise it).
         self.next_expiry = math.inf
         self.loaded_at = loaded_at
+        #: Counts the changes applied; moved after each one (see RedisCache.stamp).
+        self.changes = 0
 
     def put(self, member: bytes, instance: Instance) -> None:
         self.instances[member] = instance
         self.ordered = None
         if instance.expires_at < self.next_expiry:
             self.next_expiry = instance.expires_at
+        self.changes += 1
 
     def remove(self, member: bytes) -> None:
         if self.instances.pop(member, None) is not None:
             self.ordered = None
+        self.changes += 1
 
     def live(self, version: str | None, now: float) -> list[Instance]:
         if now >= self.next_expiry:
@@ -406,6 +410,17 @@ class RedisCache:
                 self._forget(cached)
                 return None
             return cached.live(version, now)
+
+    def stamp(self, namespace: str, service_name: str) -> tuple[object, int] | None:
+        """The service's change stamp (``Store.change_stamp``) while the cache answers for it:
+        the cached copy and its count of changes, each counted after it is applied.
+        ``None`` while the cache cannot answer (lookups then go to Redis)."""
+        cached = self._by_name.get((namespace, service_name))
+        if cached is None or not self._current:
+            return None
+        if time.monotonic() - cached.loaded_at > MAX_AGE:
+            return None
+        return cached, cached.changes
 
     def begin_load(self, namespace: str, service_name: str, tag: bytes) -> bytes | None:
         """A token for the script that reads the service and publishes its mark, or None

@@ -112,6 +112,9 @@ class EtcdCache:
         self._parked = threading.Event()  # set: the watcher is held, no request in flight
         self.loads = 0
         self.events = 0
+        # (namespace, service) segments -> the value of _changes after its last change.
+        self._stamps: dict[tuple[str, str], int] = {}
+        self._changes = 0
 
     # -- the watcher thread -------------------------------------------------------
 
@@ -289,6 +292,8 @@ class EtcdCache:
         if known is not None and known[0] >= index:
             return  # a newer change of this key is in already
         instances[instance_id] = (index, instance)
+        self._changes += 1  # after the change: see stamp()
+        self._stamps[(namespace, service)] = self._changes
         if instance is None:
             self._tombstones.append((time.monotonic(), key, index))
 
@@ -347,6 +352,14 @@ class EtcdCache:
     def ready(self) -> bool:
         """True when the cache is complete and etcd confirmed it within STALE_AFTER seconds."""
         return self._loaded and time.monotonic() - self._confirmed_at <= STALE_AFTER
+
+    def stamp(self, namespace: str, service: str) -> tuple[int, int] | None:
+        """The service's change stamp (``Store.change_stamp``; encoded segments) while the
+        cache is ready: the loads so far, and the count of changes at its last change,
+        moved after the change is applied. ``None`` when not ready."""
+        if not self.ready:
+            return None
+        return self.loads, self._stamps.get((namespace, service), 0)
 
     def lookup(
         self, namespace: str, service: str, version: str | None, now: float

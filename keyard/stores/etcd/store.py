@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -302,6 +302,12 @@ class EtcdStore(Store):
                 continue
             self._wrote(etcd_key, written, stored)
             return stored
+
+    def change_stamp(self, namespace: str, service_name: str) -> Hashable | None:
+        """With ``cache``, the cache's (another process's writes show after its lag)."""
+        if not self.cache:
+            return None
+        return self._cache_here().stamp(lookup_segment(namespace), lookup_segment(service_name))
 
     @_at_the_edge
     def lookup(
