@@ -170,6 +170,21 @@ class StoreContract:
         assert stored.registered_at == pytest.approx(start, abs=0.001)
         same_record(store.get(first.key, later), stored)
 
+    def test_put_keeping_everything_still_moves_an_instance_to_its_new_location(
+        self, store: Store
+    ) -> None:
+        start = time.time()
+        store.put(make(instance_id="i", location="old", version="1", tags=("a",), now=start))
+        store.set_override(make(instance_id="i").key, "OUT_OF_SERVICE", start)
+        moved, new = store.put(
+            make(instance_id="i", location="new", version="2", now=start + 1), KEEP_ALL
+        )
+        assert new is False
+        assert (moved.location, moved.version, moved.tags, moved.status_override) == (
+            "new", "2", ("a",), "OUT_OF_SERVICE")
+        assert locations(store.lookup(DEFAULT_NAMESPACE, "web", None, start + 1)) == ["new"]
+        assert store.lookup(DEFAULT_NAMESPACE, "web", "1", start + 1) == []
+
     def test_put_keeps_only_what_it_is_told_to(self, store: Store) -> None:
         start = time.time()
         store.put(make(ttl=600, tags=("a",), weight=3, now=start))
