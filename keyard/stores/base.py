@@ -39,12 +39,18 @@ def merged(live: Instance | None, instance: Instance, keep: frozenset[str]) -> I
 
 
 def lease_only(before: Instance | None, after: Instance) -> bool:
-    """Whether a write of ``after`` over the live ``before`` only extended its lease:
-    then no lookup's answer changed (a change stamp or index need not move)."""
-    if before is None:
-        return False
-    return before._replace(ttl=0, last_heartbeat_at=0.0, expires_at=0.0) == after._replace(
-        ttl=0, last_heartbeat_at=0.0, expires_at=0.0
+    """Whether a write of ``after`` over the live ``before`` (same key) only extended its
+    lease: then no lookup's answer changed (a change stamp or index need not move)."""
+    return (
+        before is not None
+        and before.location == after.location
+        and before.version == after.version
+        and before.status == after.status
+        and before.status_override == after.status_override
+        and before.weight == after.weight
+        and before.tags == after.tags
+        and before.metadata == after.metadata
+        and before.registered_at == after.registered_at
     )
 
 
