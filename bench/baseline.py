@@ -12,24 +12,34 @@ import os
 
 import falcon
 
-_BODIES = {
-    name: body.encode("utf-8")
-    for name, body in json.loads(os.environ.get("BENCH_BODIES", "{}")).items()
-}
-
 
 class ConstantResource:
     """GET answers the lookup (or choice) body, PUT the health-check body."""
 
+    def __init__(self, bodies: dict[str, bytes]) -> None:
+        self.bodies = bodies
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
         chosen = "load_balancer_strategy" in req.query_string
-        resp.data = _BODIES["choose" if chosen else "get"]
+        resp.data = self.bodies["choose" if chosen else "get"]
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = _BODIES["put"]
+        resp.data = self.bodies["put"]
 
 
-app = falcon.App()
-app.add_route("/keyard", ConstantResource())
+def make_app(bodies: dict[str, bytes]) -> falcon.App:
+    """The bare app answering ``bodies`` (``get``, ``choose``, ``put``); the in-process
+    bench calls it directly."""
+    bare = falcon.App()
+    bare.add_route("/keyard", ConstantResource(bodies))
+    return bare
+
+
+app = make_app(
+    {
+        name: body.encode("utf-8")
+        for name, body in json.loads(os.environ.get("BENCH_BODIES", "{}")).items()
+    }
+)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import backends, population
+from bench import backends, baseline, population
 from keyard.app import create_app
 from keyard.helpers.config import from_dict
 from keyard.stores import create_store
@@ -55,10 +55,20 @@ def _environ(method: str, query: str = "", body: str = "") -> dict[str, Any]:
 
 def call(app: WsgiApp, environ: dict[str, Any]) -> str:
     """Call the WSGI app once; its status line (the body is read and dropped)."""
+    return answer(app, environ)[0]
+
+
+def answer(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, bytes]:
+    """Call the WSGI app once; its status line and body."""
     status: list[str] = []
     body = app(environ, lambda s, headers, exc_info=None: status.append(s))
-    b"".join(body)
-    return status[0]
+    return status[0], b"".join(body)
+
+
+def bare_app_for(app: WsgiApp) -> WsgiApp:
+    """The bare falcon app (bench.baseline) answering keyard's lookup bytes."""
+    _, lookup = answer(app, _lookup_environ())
+    return baseline.make_app({"get": lookup, "choose": lookup, "put": b"{}"})
 
 
 def _per_call(app: WsgiApp, make_environ: Callable[[], dict[str, Any]], calls: int) -> float:
@@ -126,7 +136,8 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
     """Cost of each request (microseconds) at each registry size, smallest first.
 
     ``lookup_us`` and ``heartbeat_us`` measure what keyard 0.2's bench measured;
-    ``weighted_us`` and ``tag_lookup_us`` the new lookups.
+    ``bare_lookup_us`` the bare falcon app answering the same bytes (issue 14's
+    in-process baseline); ``weighted_us`` and ``tag_lookup_us`` the new lookups.
     """
     points = []
     # Network stores fill faster with several connections at once; local ones need one.
@@ -144,12 +155,14 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                 filled = size
                 gc.collect()
                 lookup = _per_call(app, _lookup_environ, calls)
+                bare_lookup = _per_call(bare_app_for(app), _lookup_environ, calls)
                 heartbeat = _per_call(app, _heartbeat_environs(size), calls)
                 weighted = _per_call(app, _weighted_environ, calls)
                 tag_lookup = _per_call(app, _tag_lookup_environ, calls)
                 point = {
                     "instances": size + population.TARGET_INSTANCES,
                     "lookup_us": lookup * 1e6,
+                    "bare_lookup_us": bare_lookup * 1e6,
                     "heartbeat_us": heartbeat * 1e6,
                     "weighted_us": weighted * 1e6,
                     "tag_lookup_us": tag_lookup * 1e6,
@@ -157,7 +170,8 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                 }
                 print(
                     f"  {store_name:10} {point['instances']:>9,} instances: lookup "
-                    f"{point['lookup_us']:7.1f} us  heartbeat {point['heartbeat_us']:7.1f} us"
+                    f"{point['lookup_us']:7.1f} us (bare falcon {point['bare_lookup_us']:.1f})"
+                    f"  heartbeat {point['heartbeat_us']:7.1f} us"
                     f"  weighted {point['weighted_us']:7.1f} us"
                     f"  by tag {point['tag_lookup_us']:7.1f} us",
                     flush=True,
