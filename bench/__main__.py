@@ -25,7 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Plan:
-    """How much each part measures: the full run, or a quick one that checks the harness."""
+    """How much each part measures: the full run, or a quick one that checks the harness.
+
+    ``candidates``: how many of :data:`CANDIDATES` (granian settings) are compared.
+    """
 
     local_sizes: tuple[int, ...]
     network_sizes: tuple[int, ...]
@@ -34,6 +37,7 @@ class Plan:
     load: http_load.Load
     http_population: int
     memory_instances: int
+    candidates: int
 
 
 FULL = Plan(
@@ -44,6 +48,7 @@ FULL = Plan(
     load=http_load.Load(seconds=3, repeats=5),
     http_population=10_000,
     memory_instances=100_000,
+    candidates=3,
 )
 QUICK = Plan(
     local_sizes=(100, 1_000),
@@ -53,6 +58,7 @@ QUICK = Plan(
     load=http_load.Load(seconds=1, repeats=1),
     http_population=100,
     memory_instances=1_000,
+    candidates=1,
 )
 
 
@@ -147,7 +153,7 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
                         store, server, env, plan.load, size, workdir,
                         scenarios=("lookup", "heartbeat"),
                     )
-                    for server in CANDIDATES
+                    for server in CANDIDATES[: plan.candidates]
                 ]  # fmt: skip
     print("peers: the same lookup from other registries")
     results["peers"] = [peers.etcd_v2_get(plan.load, workdir)]
