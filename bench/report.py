@@ -222,27 +222,32 @@ def _cell(figures: dict[str, Any]) -> str:
     return f"{rps} ({figures['ratio']:.0%})" if "ratio" in figures else rps
 
 
+def _row(label: str, scenarios: dict[str, Any], names: tuple[str, ...]) -> str:
+    return f"| {label} | " + " | ".join(_cell(scenarios[name]) for name in names) + " |"
+
+
 def _runs_table(results: dict[str, Any]) -> list[str]:
     """Each store under each server, ``keyard serve``, and the peers, in requests a second."""
+    names = ("lookup", "choose", "heartbeat")
     rows = [
         "| requests/s (share of bare falcon's, same server) | lookup | choose | health check |",
         "|---|---|---|---|",
     ]
     for run in results["http"]:
-        cells = " | ".join(
-            _cell(run["scenarios"][name]) for name in ("lookup", "choose", "heartbeat")
-        )
-        rows.append(f"| {run['store']}, {run['settings']} | {cells} |")
+        rows.append(_row(f"{run['store']}, {run['settings']}", run["scenarios"], names))
     serve = results.get("serve")
     if serve:
-        cells = " | ".join(
-            _cell(serve["scenarios"][name]) for name in ("lookup", "choose", "heartbeat")
-        )
-        rows.append(f"| {serve['store']}, `keyard serve` | {cells} |")
+        rows.append(_row(f"{serve['store']}, `keyard serve`", serve["scenarios"], names))
     for peer in results.get("peers", []):
         rows.append(
             f"| {peer['peer']} (etcd {peer['version']}) | {peer['lookup']['rps']:,.0f} | | |"
         )
+    if serve:
+        rows += [
+            "",
+            f"`keyard serve` ran as `{serve['command']}`: its own defaults, the store from "
+            "`KEYARD_CONFIG`. keyard and bare falcon ran under each server above alike.",
+        ]
     return rows
 
 
@@ -258,8 +263,7 @@ def _settings_table(results: dict[str, Any]) -> list[str]:
     ]
     grid = _run(results, "sqlite", DEFAULT_SERVER)
     for run in [grid, *runs] if grid else runs:
-        cells = " | ".join(_cell(run["scenarios"][name]) for name in ("lookup", "heartbeat"))
-        rows.append(f"| {run['settings']} | {cells} |")
+        rows.append(_row(run["settings"], run["scenarios"], ("lookup", "heartbeat")))
     return rows
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run keyard's benchmarks on a fresh machine: wrk, etcd and redis-server from
-# Debian's packages (when root), a virtualenv with keyard, granian and matplotlib, then the suite.
+# Debian's packages (when root), a virtualenv with keyard, granian and matplotlib, then
+# the suite.
 # Refreshes docs/bench/results.json, docs/bench/chart.png and the README's table.
 # Extra arguments go to `python -m bench` (--quick, --stores ..., --no-readme, --help).
 set -euo pipefail
