@@ -17,15 +17,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import backends, http_load, in_process, population, report
-from keyard.cli import DEFAULT_THREADS, default_workers
+from bench import backends, http_load, in_process, peers, population, report, servers
+from keyard.cli import default_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much each part measures: the full run, or a quick one that checks the harness."""
+    """How much each part measures: the full run, or a quick one that checks the harness.
+
+    ``candidates``: how many of :data:`CANDIDATES` (granian settings) are compared.
+    """
 
     local_sizes: tuple[int, ...]
     network_sizes: tuple[int, ...]
@@ -34,6 +37,7 @@ class Plan:
     load: http_load.Load
     http_population: int
     memory_instances: int
+    candidates: int
 
 
 FULL = Plan(
@@ -44,6 +48,7 @@ FULL = Plan(
     load=http_load.Load(seconds=3, repeats=5),
     http_population=10_000,
     memory_instances=100_000,
+    candidates=3,
 )
 QUICK = Plan(
     local_sizes=(100, 1_000),
@@ -53,22 +58,28 @@ QUICK = Plan(
     load=http_load.Load(seconds=1, repeats=1),
     http_population=100,
     memory_instances=1_000,
+    candidates=1,
 )
 
 
-def serve_defaults(store: str) -> http_load.Gunicorn:
-    """What ``keyard serve`` runs for ``store`` unless told otherwise."""
+#: The store ``keyard serve`` uses unless told otherwise.
+DEFAULT_STORE = "sqlite"
+#: Threads per worker: gunicorn's gthread threads, granian's blocking threads.
+THREADS = 4
+
+
+def servers_for(store: str) -> list[servers.Server]:
+    """The servers keyard and its baseline are measured under, for ``store``.
+
+    Both with ``keyard serve``'s worker count for the store and ``THREADS``:
+    granian (the default server) and gunicorn's gthread (``--server gunicorn``).
+    """
     workers = default_workers(backends.store_type(store))
-    return http_load.Gunicorn("gthread", workers, DEFAULT_THREADS)
+    return [servers.granian(workers, THREADS), servers.gunicorn(workers, THREADS)]
 
 
-#: gunicorn settings compared on the default store, to choose ``keyard serve``'s defaults.
-CANDIDATES = (
-    http_load.Gunicorn("sync", 2, 1),
-    http_load.Gunicorn("gthread", 1, 4),
-    http_load.Gunicorn("gthread", 2, 4),
-    http_load.Gunicorn("gthread", 4, 4),
-)
+#: granian settings compared on the default store, to choose ``keyard serve``'s defaults.
+CANDIDATES = (servers.granian(1, 4), servers.granian(2, 1), servers.granian(2, 8))
 
 
 def machine() -> dict[str, Any]:
@@ -80,7 +91,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {name: metadata.version(name) for name in ("falcon", "gunicorn")}
+    versions = {name: metadata.version(name) for name in ("falcon", "granian", "gunicorn")}
     cores = os.cpu_count()
     return {
         "cores": cores,
@@ -89,7 +100,8 @@ def machine() -> dict[str, Any]:
         **versions,
         "date": datetime.date.today().isoformat(),
         "summary": f"{cores} cores ({model}), Python {platform.python_version()}, "
-        f"falcon {versions['falcon']}, gunicorn {versions['gunicorn']}",
+        f"falcon {versions['falcon']}, granian {versions['granian']}, "
+        f"gunicorn {versions['gunicorn']}",
     }
 
 
@@ -120,26 +132,31 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
         calls = plan.local_calls if local else plan.network_calls
         results["curves"][store] = in_process.curve(store, sizes, calls, workdir)
 
+    size = plan.http_population
     print(
         f"HTTP load with wrk ({plan.load.connections} connections, {plan.load.seconds:g} s "
         f"a run, median of {plan.load.repeats}; {plan.http_population:,} other instances)"
     )
     results["http"] = []
     for store in stores:
-        run = http_load.measure(
-            store, serve_defaults(store), plan.load, plan.http_population, workdir
-        )
-        results["http"].append(run | {"default": True})
-    if compare and "sqlite" in stores:
-        print("gunicorn settings on the default store (sqlite)")
-        for settings in CANDIDATES:
-            if settings == serve_defaults("sqlite"):
-                continue
-            run = http_load.measure(
-                "sqlite", settings, plan.load, plan.http_population, workdir,
-                scenarios=("lookup", "heartbeat"),
-            )  # fmt: skip
-            results["http"].append(run | {"default": False})
+        with http_load.keyard_env(store, workdir) as env:
+            for server in servers_for(store):
+                results["http"].append(
+                    http_load.against_baseline(store, server, env, plan.load, size, workdir)
+                )
+            if store == DEFAULT_STORE:
+                results["serve"] = http_load.keyard_serve(store, env, plan.load, size, workdir)
+            if compare and store == DEFAULT_STORE:
+                print(f"granian settings on the default store ({DEFAULT_STORE})")
+                results["settings"] = [
+                    http_load.against_baseline(
+                        store, server, env, plan.load, size, workdir,
+                        scenarios=("lookup", "heartbeat"),
+                    )
+                    for server in CANDIDATES[: plan.candidates]
+                ]  # fmt: skip
+    print("peers: the same lookup from other registries")
+    results["peers"] = [peers.etcd_v2_get(plan.load, workdir)]
     results["seconds"] = round(time.monotonic() - started, 1)
     results["population"] = {
         "target": f"{population.TARGET} version {population.TARGET_VERSION}",
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stores", nargs="+", choices=backends.STORES, default=list(backends.STORES)
     )
     parser.add_argument(
-        "--no-compare", action="store_true", help="skip the comparison of gunicorn settings"
+        "--no-compare", action="store_true", help="skip the comparison of granian settings"
     )
     parser.add_argument(
         "--out",

@@ -1,9 +1,11 @@
-"""HTTP throughput and latency: keyard under gunicorn against the bare falcon baseline.
+"""HTTP throughput and latency: keyard against the bare falcon baseline, and ``keyard serve``.
 
-For one store and one set of gunicorn settings: start the store's backend,
-keyard and the baseline (same settings), register the population through
-keyard's API, then load both with ``wrk`` over keep-alive connections on
-loopback, alternating baseline and keyard runs, each bounded in time.
+For one store (its backend started by :func:`keyard_env`) and one server with
+its settings (:mod:`bench.servers`): start keyard and the baseline under that
+server, register the population through keyard's API, then load both with
+``wrk`` over keep-alive connections on loopback, alternating baseline and
+keyard runs, each bounded in time. ``keyard serve`` itself, with its own
+defaults, is loaded the same way, without a baseline.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import backends, population
-from keyard.server import WORKER_CLASS
-from tests import gunicorn_server
+from bench.servers import Server, keyard_serve_command, serving
 from tests.conftest import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -29,34 +30,6 @@ REPORT_LUA = (HERE / "wrk_report.lua").read_text()
 
 #: What is loaded: a lookup of every location, a choice of one, and a health check.
 SCENARIOS = ("lookup", "choose", "heartbeat")
-
-
-@dataclass(frozen=True)
-class Gunicorn:
-    """gunicorn settings, the same for keyard and its baseline."""
-
-    worker_class: str = "gthread"
-    workers: int = 1
-    threads: int = 4
-
-    @property
-    def label(self) -> str:
-        """``gthread 2w x4t``: the worker class, workers, and threads per worker."""
-        threads = f" x{self.threads}t" if self.worker_class == "gthread" else ""
-        return f"{self.worker_class} {self.workers}w{threads}"
-
-    def args(self) -> list[str]:
-        # gthread means keyard's own gthread worker, the one ``keyard serve`` runs
-        # (gunicorn's, with its own error pages in JSON), for keyard and baseline alike.
-        worker_class = WORKER_CLASS if self.worker_class == "gthread" else self.worker_class
-        args = ["--worker-class", worker_class, "--workers", str(self.workers)]
-        if self.worker_class == "gthread":
-            args += ["--threads", str(self.threads)]
-        # --reuse-port: each worker listens on its own socket and the kernel spreads
-        # wrk's connections over them. On one shared socket the first worker awake
-        # took them all in about one run in three (the bare baseline: 2,600 req/s
-        # instead of 7,000), and the luck of each run decided its ratio.
-        return args + ["--backlog", "2048", "--log-level", "warning", "--reuse-port"]
 
 
 @dataclass(frozen=True)
@@ -161,17 +134,10 @@ def answers(port: int) -> dict[str, str]:
     return bodies
 
 
-@contextmanager
-def _serving(app_spec: str, env: dict[str, str], settings: Gunicorn) -> Iterator[int]:
-    port = free_port()
-    with gunicorn_server.start(app_spec, port, env, settings.args(), timeout=60):
-        yield port
-
-
 def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The run of median throughput, its latencies, and how many runs there were.
 
-    With keep-alive, each of wrk's connections stays with the gunicorn worker
+    With keep-alive, each of wrk's connections stays with the server's worker
     that accepted it, so how they split between workers still moves a run's
     throughput (the bare baseline: 5,300 to 7,600 req/s with two workers). The
     median run is the typical one: neither the luckiest split nor the worst.
@@ -185,49 +151,100 @@ def _median(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure(
+@contextmanager
+def keyard_env(store: str, workdir: Path) -> Iterator[dict[str, str]]:
+    """Start ``store``'s backend; yield the environment that points keyard at it; stop it."""
+    with backends.running(store, workdir / store) as options:
+        config_path = workdir / f"config-{store}.json"
+        config_path.write_text(json.dumps(backends.config(store, options)))
+        yield {"KEYARD_CONFIG": str(config_path)}
+
+
+def load_runs(
+    ports: dict[str, int], script: str, load: Load, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """``load.repeats`` wrk runs of ``script`` on each port, in turn; the median of each."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
+    for _ in range(load.repeats):
+        for name, port in ports.items():
+            runs[name].append(wrk(f"http://127.0.0.1:{port}", script, load, workdir))
+    return {name: _median(each) for name, each in runs.items()}
+
+
+def against_baseline(
     store: str,
-    settings: Gunicorn,
+    server: Server,
+    env: dict[str, str],
     load: Load,
     population_size: int,
     workdir: Path,
     scenarios: Sequence[str] = SCENARIOS,
 ) -> dict[str, Any]:
-    """keyard against the baseline in each scenario, for one store and gunicorn settings."""
+    """keyard against the baseline, both under ``server``, in each scenario.
+
+    ``env`` points keyard at the store (:func:`keyard_env`). The population is
+    registered through this keyard: again, harmlessly, where an earlier one did.
+    """
     lua = scripts(population_size)
     with ExitStack() as stack:
-        options = stack.enter_context(backends.running(store, workdir / store))
-        config_path = workdir / f"config-{store}.json"
-        config_path.write_text(json.dumps(backends.config(store, options)))
-        keyard_port = stack.enter_context(
-            _serving("keyard.wsgi:app", {"KEYARD_CONFIG": str(config_path)}, settings)
-        )
+        log = workdir / f"{store}-{server.program}"
+        keyard_port = free_port()
+        argv = server.argv("keyard.wsgi:app", keyard_port)
+        stack.enter_context(serving(argv, keyard_port, env, log.with_suffix(".keyard.log")))
         register_population(keyard_port, population_size)
         bodies = answers(keyard_port)
-        baseline_port = stack.enter_context(
-            _serving("bench.baseline:app", {"BENCH_BODIES": json.dumps(bodies)}, settings)
+        baseline_port = free_port()  # once keyard listens: never the same port
+        argv = server.argv("bench.baseline:app", baseline_port)
+        baseline_env = {"BENCH_BODIES": json.dumps(bodies)}
+        stack.enter_context(
+            serving(argv, baseline_port, baseline_env, log.with_suffix(".baseline.log"))
         )
         results: dict[str, Any] = {}
         for scenario in scenarios:
-            runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "keyard": []}
-            for _ in range(load.repeats):
-                for name, port in (("baseline", baseline_port), ("keyard", keyard_port)):
-                    url = f"http://127.0.0.1:{port}"
-                    runs[name].append(wrk(url, lua[scenario], load, workdir))
-            baseline, keyard = _median(runs["baseline"]), _median(runs["keyard"])
-            results[scenario] = {
-                "baseline": baseline,
-                "keyard": keyard,
-                "ratio": keyard["rps"] / baseline["rps"],
-            }
+            ports = {"baseline": baseline_port, "keyard": keyard_port}
+            medians = load_runs(ports, lua[scenario], load, workdir)
+            ratio = medians["keyard"]["rps"] / medians["baseline"]["rps"]
+            results[scenario] = medians | {"ratio": ratio}
             print(
-                f"  {store:10} {settings.label:20} {scenario:9} keyard {keyard['rps']:8.0f}/s"
-                f"  baseline {baseline['rps']:8.0f}/s  ratio {results[scenario]['ratio']:.2f}",
+                f"  {store:11} {server.label:24} {scenario:9} keyard "
+                f"{medians['keyard']['rps']:8.0f}/s  baseline {medians['baseline']['rps']:8.0f}/s"
+                f"  ratio {ratio:.2f}",
                 flush=True,
             )
     return {
         "store": store,
-        "gunicorn": settings.label,
+        "server": server.program,
+        "settings": server.label,
+        "population": population_size + population.TARGET_INSTANCES,
+        "scenarios": results,
+    }
+
+
+def keyard_serve(
+    store: str,
+    env: dict[str, str],
+    load: Load,
+    population_size: int,
+    workdir: Path,
+    scenarios: Sequence[str] = SCENARIOS,
+) -> dict[str, Any]:
+    """``keyard serve`` as a user runs it (its defaults, a bind), in each scenario."""
+    lua = scripts(population_size)
+    port = free_port()
+    argv = keyard_serve_command(port)
+    with serving(argv, port, env, workdir / f"{store}-keyard-serve.log"):
+        register_population(port, population_size)
+        results = {}
+        for scenario in scenarios:
+            results[scenario] = load_runs({"keyard": port}, lua[scenario], load, workdir)
+            print(
+                f"  {store:11} {'keyard serve':24} {scenario:9} keyard "
+                f"{results[scenario]['keyard']['rps']:8.0f}/s",
+                flush=True,
+            )
+    return {
+        "store": store,
+        "command": " ".join(["keyard", *argv[1:]]),
         "population": population_size + population.TARGET_INSTANCES,
         "scenarios": results,
     }

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -21,10 +22,11 @@ from urllib.parse import parse_qsl
 import pytest
 
 from bench import __main__ as bench_main
-from bench import backends, http_load, in_process, population, report
+from bench import backends, http_load, in_process, population, report, servers
 from keyard.api.native import fields
 from keyard.model import DEFAULT_NAMESPACE
 from keyard.registry import Registry
+from keyard.server import WORKER_CLASS
 from keyard.stores.memory import MemoryStore
 from tests.conftest import free_port, require_program
 from tests.gunicorn_server import start
@@ -40,6 +42,7 @@ NEEDS = {"redis": ("redis-server", "redis-server"), "etcd": ("etcd", "etcd-serve
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     require_program("wrk", "wrk")
+    require_program("etcd", "etcd-server")  # the peer: etcd's own v2 GET
     for store in STORES:
         if backends.store_type(store) in NEEDS:
             require_program(*NEEDS[backends.store_type(store)])
@@ -51,11 +54,13 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_quick_run_measures_each_store_over_http_against_the_baseline(quick_results):
+def test_quick_run_measures_each_store_under_each_server_against_the_baseline(quick_results):
     _, results = quick_results
-    defaults = [run for run in results["http"] if run["default"]]
-    assert [run["store"] for run in defaults] == STORES
-    for run in defaults:
+    runs = results["http"]
+    assert [(run["store"], run["server"]) for run in runs] == [
+        (store, server) for store in STORES for server in ("granian", "gunicorn")
+    ]
+    for run in runs:
         for scenario in ("lookup", "choose", "heartbeat"):
             figures = run["scenarios"][scenario]
             assert figures["keyard"]["requests"] > 0 and figures["baseline"]["requests"] > 0
@@ -63,11 +68,29 @@ def test_quick_run_measures_each_store_over_http_against_the_baseline(quick_resu
                 figures["keyard"]["rps"] / figures["baseline"]["rps"]
             )
             assert 0 < figures["keyard"]["p50_us"] <= figures["keyard"]["p99_us"]
-    compared = {run["gunicorn"] for run in results["http"] if not run["default"]}
     if "sqlite" in STORES:
-        assert "sync 2w" in compared and "gthread 1w x4t" in compared
+        compared = {run["settings"] for run in results["settings"]}
+        assert compared == {"granian 1w x4t"}  # the quick run compares the first only
     else:
-        assert compared == set()
+        assert "settings" not in results
+
+
+@pytest.mark.skipif("sqlite" not in STORES, reason="keyard serve runs on the default store")
+def test_quick_run_loads_keyard_serve_as_a_user_runs_it(quick_results):
+    _, results = quick_results
+    serve = results["serve"]
+    assert serve["store"] == "sqlite"
+    assert serve["command"].startswith("keyard serve --bind 127.0.0.1:")
+    for scenario in ("lookup", "choose", "heartbeat"):
+        assert serve["scenarios"][scenario]["keyard"]["requests"] > 0
+
+
+def test_quick_run_measures_etcd_own_v2_get_of_the_target(quick_results):
+    _, results = quick_results
+    (etcd,) = results["peers"]
+    assert etcd["peer"] == "etcd v2 GET"
+    assert etcd["request"].endswith(f"/{population.TARGET}?recursive=true")
+    assert etcd["lookup"]["requests"] > 0 and etcd["lookup"]["rps"] > 0
 
 
 def test_quick_run_draws_the_cost_curve_for_each_store(quick_results):
@@ -92,8 +115,63 @@ def test_quick_run_writes_the_chart_and_only_the_readme_table(quick_results):
     assert readme.startswith("before\n") and readme.endswith("after\n")
     assert "old table" not in readme
     assert report.table(results) in readme
-    assert "memory store: <= 1024 bytes per instance" in readme
+    assert "| memory store: bytes per instance | <= 1,024 bytes |" in readme
     assert "2 tags and 1 metadata key each" in readme
+
+
+@pytest.mark.skipif("sqlite" not in STORES, reason="the goals of keyard serve need sqlite")
+def test_readme_table_shows_every_goal_of_the_default_server(quick_results):
+    _, results = quick_results
+    table = report.table(results)
+    for goal in (
+        "| lookups, `keyard serve` (sqlite) / keyard under gunicorn gthread 2w x4t | >= 5.00x |",
+        "| lookups, sqlite / bare falcon, both under granian 2w x4t | >= 0.90x |",
+        "| lookups, `keyard serve` (sqlite) / etcd's own v2 GET of the same 10 instances "
+        "| >= 1.50x |",
+        "| health checks, `keyard serve` (sqlite), 2 cores | >= 12,000/s |",
+    ):
+        assert goal.replace("2 cores", f"{os.cpu_count()} cores") in table
+
+
+def test_a_missed_goal_says_by_how_much_and_leaves_a_sentence_to_write():
+    target = report.Target("lookups, x / y", 5.0, 4.0, "4 vs 1 req/s")
+    assert not target.met and target.short_by == pytest.approx(0.20)
+    assert report.Target("growth", 1.25, 1.0, "", at_most=True).met
+    assert report.Target("bytes", 1024, 1280, "", unit=" bytes", at_most=True).short_by == 0.25
+    results = {
+        "http": [], "curves": {}, "command": "bash bench/run.sh",
+        "machine": {"cores": 2, "date": "2026-01-01", "summary": "2 cores"},
+        "memory": {"instances": 10, "bytes_per_instance": 2048.0,
+                   "tags_per_instance": 2, "metadata_keys_per_instance": 1},
+    }  # fmt: skip
+    table = report.table(results)
+    assert (
+        "| 2,048 bytes (10 instances, 2 tags and 1 metadata key each) | **missed** by 100% |"
+        in (table)
+    )
+    assert (
+        "- memory store: bytes per instance: 2,048 bytes against a goal of 1,024 bytes, "
+        "100% short. _What the profile shows: to be written._"
+    ) in table
+
+
+def test_keyard_and_its_baseline_run_under_one_server_description():
+    granian = servers.granian(2, 4)
+    argv = granian.argv("bench.baseline:app", 8123)
+    assert argv[1:3] == ["-m", "granian"] and argv[-1] == "bench.baseline:app"
+    assert argv[argv.index("--interface") + 1] == "wsgi"
+    assert "8123" in argv and argv[argv.index("--blocking-threads") + 1] == "4"
+    assert granian.label == "granian 2w x4t"
+    gunicorn = servers.gunicorn(2, 4).argv("keyard.wsgi:app", 8123)
+    assert "127.0.0.1:8123" in gunicorn and "--reuse-port" in gunicorn
+    assert gunicorn[gunicorn.index("--worker-class") + 1] == WORKER_CLASS
+
+
+def test_a_server_that_exits_stops_the_benchmark_with_its_output(tmp_path):
+    argv = [sys.executable, "-c", "print('no such app'); raise SystemExit(3)"]
+    with pytest.raises(RuntimeError, match="exited with 3:\nno such app"):  # noqa: SIM117
+        with servers.serving(argv, free_port(), {}, tmp_path / "server.log"):
+            pass
 
 
 def test_answers_other_than_2xx_stop_the_benchmark(tmp_path):
