@@ -66,9 +66,10 @@ def answer(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def bare_app_for(app: WsgiApp) -> WsgiApp:
-    """The bare falcon app (bench.baseline) answering keyard's lookup bytes."""
+    """The bare falcon app (bench.baseline) answering keyard's lookup and choice bytes."""
     _, lookup = answer(app, _lookup_environ())
-    return baseline.make_app({"get": lookup, "choose": lookup, "put": b"{}"})
+    _, choice = answer(app, _weighted_environ())
+    return baseline.make_app({"get": lookup, "choose": choice, "put": b"{}"})
 
 
 def _per_call(app: WsgiApp, make_environ: Callable[[], dict[str, Any]], calls: int) -> float:
@@ -136,8 +137,9 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
     """Cost of each request (microseconds) at each registry size, smallest first.
 
     ``lookup_us`` and ``heartbeat_us`` measure what keyard 0.2's bench measured;
-    ``bare_lookup_us`` the bare falcon app answering the same bytes (issue 14's
-    in-process baseline); ``weighted_us`` and ``tag_lookup_us`` the new lookups.
+    ``bare_lookup_us`` and ``bare_weighted_us`` the bare falcon app answering the
+    same bytes (issue 14's in-process baseline); ``weighted_us`` (a choice) and
+    ``tag_lookup_us`` the new lookups.
     """
     points = []
     # Network stores fill faster with several connections at once; local ones need one.
@@ -155,7 +157,9 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                 filled = size
                 gc.collect()
                 lookup = _per_call(app, _lookup_environ, calls)
-                bare_lookup = _per_call(bare_app_for(app), _lookup_environ, calls)
+                bare = bare_app_for(app)
+                bare_lookup = _per_call(bare, _lookup_environ, calls)
+                bare_weighted = _per_call(bare, _weighted_environ, calls)
                 heartbeat = _per_call(app, _heartbeat_environs(size), calls)
                 weighted = _per_call(app, _weighted_environ, calls)
                 tag_lookup = _per_call(app, _tag_lookup_environ, calls)
@@ -165,6 +169,7 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
                     "bare_lookup_us": bare_lookup * 1e6,
                     "heartbeat_us": heartbeat * 1e6,
                     "weighted_us": weighted * 1e6,
+                    "bare_weighted_us": bare_weighted * 1e6,
                     "tag_lookup_us": tag_lookup * 1e6,
                     "register_us": register_us,
                 }
