@@ -681,6 +681,48 @@ def test_a_cached_lookup_sees_a_write_of_another_process_at_once(db_path: Path) 
         store.close()
 
 
+#: Run in another process: can it take the lock on the "-shm" byte that SQLite's
+#: connections hold shared while they are open (UNIX_SHM_DMS, byte 128)?
+_TAKES_THE_INDEX_LOCK = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    sys.exit(1)
+sys.exit(0)
+"""
+
+
+def _index_lock_is_free(db_path: Path) -> bool:
+    probe = [sys.executable, "-c", _TAKES_THE_INDEX_LOCK, f"{db_path}-shm"]
+    return subprocess.run(probe, timeout=60).returncode == 0
+
+
+def test_mapping_the_wal_index_keeps_the_locks_sqlite_holds_on_it(db_path: Path) -> None:
+    """POSIX drops a process's locks on a file when it closes any descriptor of it:
+    the map of the WAL index header must not, or another process rebuilds the index
+    under this one (a worker killed by SIGBUS under health checks was the symptom)."""
+    first, second = SqliteStore(db_path), SqliteStore(db_path)
+    try:
+        now = time.time()
+        for store in (first, second):
+            store.put(make(location="a", now=now))
+            assert locations(store.lookup(NS, "web", "1.0", now)) == ["a"]
+            assert store.change_stamp(NS, "web") is not None  # the header is mapped
+        assert not _index_lock_is_free(db_path)
+        second.close()  # another store of this process, on the same file
+        assert not _index_lock_is_free(db_path)
+        assert first.change_stamp(NS, "web") is not None
+        first.put(make(location="b", now=now))
+        assert locations(first.lookup(NS, "web", "1.0", now)) == ["a", "b"]
+    finally:
+        first.close()
+        second.close()
+    # SQLite's last connection deletes the file; had it not, nothing holds the lock.
+    assert not Path(f"{db_path}-shm").exists() or _index_lock_is_free(db_path)
+
+
 def test_a_database_made_before_0_2_0_had_the_replaced_expiry_column_is_upgraded(
     db_path: Path,
 ) -> None:

@@ -462,20 +462,15 @@ class _WalIndexHeader:
     changes them. So comparing them tells whether any connection of any process
     has committed since: a read of memory, no system call, no lock.
 
-    The map is made and dropped with the process's reading connection, which
-    keeps the file mapped (and unchanged in size) for as long as it is open.
+    Made and closed by :class:`_WalIndexMaps` only, which keeps the file's
+    descriptor; read only while a connection of the process has the file open
+    (which keeps it mapped, and its size, in every process).
     """
 
     SIZE = 48
 
-    def __init__(self, database: Path) -> None:
-        descriptor = os.open(f"{database}-shm", os.O_RDONLY)
-        try:
-            if os.fstat(descriptor).st_size < WAL_INDEX_MIN_BYTES:
-                raise OSError(f"{database}-shm is not an initialised WAL index")
-            self._map = mmap.mmap(descriptor, self.SIZE, prot=mmap.PROT_READ)
-        finally:
-            os.close(descriptor)
+    def __init__(self, descriptor: int) -> None:
+        self._map = mmap.mmap(descriptor, self.SIZE, prot=mmap.PROT_READ)
 
     def read(self) -> bytes | None:
         """The header's bytes, or None once closed (by another thread, meanwhile)."""
@@ -486,6 +481,98 @@ class _WalIndexHeader:
 
     def close(self) -> None:
         self._map.close()
+
+
+class _MappedFile:
+    """One database file's entry in :class:`_WalIndexMaps`."""
+
+    __slots__ = ("connections", "descriptor", "header", "shm")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.descriptor: int | None = None
+        self.header: _WalIndexHeader | None = None
+        self.shm: tuple[int, int] | None = None  # (device, inode) of the file mapped
+
+    def drop_map(self) -> None:
+        """Close the map and its descriptor: only once no connection holds the file."""
+        if self.header is not None:
+            self.header.close()
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+        self.descriptor = self.header = self.shm = None
+
+
+class _WalIndexMaps:
+    """The process's maps of WAL-index headers, one per database file, closed with
+    the last of the process's connections to that file.
+
+    POSIX drops every lock a process holds on a file when the process closes any
+    one of its descriptors of it (https://sqlite.org/howtocorrupt.html, 2.2), and
+    SQLite's connections hold theirs on ``-shm``: the one that tells a process
+    opening the database that its index is in use, the WAL's write lock, the
+    readers' marks. A map's descriptor (or mmap's own copy of it) closed while
+    one of them is open would let another process rebuild the index under this
+    one's readers, or write beside this one's writer: seen as a worker killed by
+    SIGBUS under health checks from two processes. So the descriptor is opened
+    once per file and process, and closed only after the last connection of the
+    process to the file, with connections opened and closed under one lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._pid = os.getpid()
+        self._files: dict[tuple[int, int], _MappedFile] = {}
+
+    def _entries(self) -> dict[tuple[int, int], _MappedFile]:
+        # A child of fork() holds no lock of its parent's, and must never close the
+        # parent's descriptors once its own connections hold locks on the file.
+        if self._pid != os.getpid():
+            self._pid, self._files = os.getpid(), {}
+        return self._files
+
+    def opened(self, identity: tuple[int, int]) -> None:
+        """Count a connection to the file ``identity`` just opened (under :attr:`lock`)."""
+        self._entries().setdefault(identity, _MappedFile()).connections += 1
+
+    def close(self, connection: sqlite3.Connection, identity: tuple[int, int]) -> None:
+        """Close ``connection``, and after it the file's map if it was the last one."""
+        with self.lock:
+            entry = self._entries().get(identity)
+            last = entry is not None and entry.connections <= 1
+            if entry is not None and last:
+                del self._files[identity]
+                if entry.header is not None:
+                    entry.header.close()  # before the connection: no read after this
+            elif entry is not None:
+                entry.connections -= 1
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+            if entry is not None and last:
+                entry.drop_map()  # no connection of this process is left
+
+    def header(self, identity: tuple[int, int], database: Path) -> _WalIndexHeader | None:
+        """The file's map, made on first call while a connection to it is open."""
+        with self.lock:
+            entry = self._entries().get(identity)
+            if entry is None:
+                return None
+            shm = f"{database}-shm"
+            status = os.stat(shm)
+            if entry.shm != (status.st_dev, status.st_ino):
+                # Not mapped yet; or mapped for a file whose connections were dropped
+                # unclosed (garbage-collected) and whose inode a new file now has:
+                # no connection holds the old one, so its descriptor may be closed.
+                entry.drop_map()
+                if status.st_size < WAL_INDEX_MIN_BYTES:
+                    raise OSError(f"{shm} is not an initialised WAL index")
+                entry.descriptor = os.open(shm, os.O_RDONLY)  # kept: see above
+                entry.shm = (status.st_dev, status.st_ino)
+                entry.header = _WalIndexHeader(entry.descriptor)
+            return entry.header
+
+
+_WAL_INDEX_MAPS = _WalIndexMaps()
 
 
 class _Slot:
@@ -557,14 +644,14 @@ class SqliteStore(Store):
         try:
             self._make_parent_directory()
             # Create the file and schema now, and try a write, so a bad path fails here.
-            connection, _ = self._open()
+            connection, identity = self._open()
             try:
                 self.upgraded = _upgrade_0_2_0(
                     connection, time.time(), max(self.timeout, UPGRADE_WAIT)
                 )
                 self._probe_writable(connection)
             finally:
-                connection.close()
+                self._close_connection(connection, identity)
         except (OSError, ValueError, sqlite3.Error) as exc:
             why = _why_unopenable(self.path) if isinstance(exc, (OSError, sqlite3.Error)) else None
             said = str(exc) if why is None or why in str(exc) else f"{exc}: {why}"
@@ -745,10 +832,8 @@ class SqliteStore(Store):
         with self._connections_lock:
             ours = [entry for entry in self._connections if entry[0] == pid]
             self._connections = [entry for entry in self._connections if entry[0] != pid]
-        header = self._reader.wal_index
-        if header is not None and self._reader.pid == pid:
-            self._reader.wal_index = None
-            header.close()  # before the connection that keeps the file mapped
+        if self._reader.pid == pid:
+            self._reader.wal_index = None  # the map is closed with the last connection
         for _, connection, identity in ours:
             self._close_connection(connection, identity)
 
@@ -761,21 +846,24 @@ class SqliteStore(Store):
 
     def _open(self, cache_kib: int | None = None) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """A new connection, and the identity (device, inode) of the file it opened."""
-        # isolation_level=None: no implicit transactions; each statement commits.
-        # check_same_thread=False: the threads of the process take turns with it.
-        connection = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._use_wal(connection)
-            connection.execute("PRAGMA synchronous = NORMAL")
-            if cache_kib is not None:
-                connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
-            connection.executescript(_SCHEMA)
-            identity = self._file_identity()
-        except BaseException:
-            connection.close()
-            raise
+        # Under the lock that closes the process's map of the file (see _WalIndexMaps).
+        with _WAL_INDEX_MAPS.lock:
+            # isolation_level=None: no implicit transactions; each statement commits.
+            # check_same_thread=False: the threads of the process take turns with it.
+            connection = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                self._use_wal(connection)
+                connection.execute("PRAGMA synchronous = NORMAL")
+                if cache_kib is not None:
+                    connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
+                connection.executescript(_SCHEMA)
+                identity = self._file_identity()
+            except BaseException:
+                connection.close()
+                raise
+            _WAL_INDEX_MAPS.opened(identity)
         return connection, identity
 
     def _use_wal(self, connection: sqlite3.Connection) -> None:
@@ -850,8 +938,7 @@ class SqliteStore(Store):
         if self._path_identity() not in (identity, None):
             self._kept_open.append(connection)
             return
-        with contextlib.suppress(sqlite3.Error):
-            connection.close()
+        _WAL_INDEX_MAPS.close(connection, identity)
 
     def _connection(self, slot: _Slot, write: bool = False) -> sqlite3.Connection:
         """The slot's connection, opened on first use (and again after a fork or failure).
@@ -892,18 +979,20 @@ class SqliteStore(Store):
                 self._checkpointer = _Checkpointer(self)
         slot.connection, slot.pid, slot.identity = connection, pid, identity
         if slot is self._reader:
-            slot.wal_index = self._map_wal_index(connection)
+            slot.wal_index = self._map_wal_index(connection, identity)
             self._answers = _Answers()
             self._next_file_check = time.monotonic() + FILE_CHECK_INTERVAL
         return connection
 
-    def _map_wal_index(self, connection: sqlite3.Connection) -> _WalIndexHeader | None:
-        """Map the WAL index header of the newly opened reading ``connection`` (see
-        :class:`_WalIndexHeader`); None where it cannot be (lookups then ask
+    def _map_wal_index(
+        self, connection: sqlite3.Connection, identity: tuple[int, int]
+    ) -> _WalIndexHeader | None:
+        """The map of the WAL index header (see :class:`_WalIndexHeader`) for the newly
+        opened reading ``connection``; None where it cannot be (lookups then ask
         ``PRAGMA data_version``)."""
         try:
             connection.execute(f"SELECT 1 FROM {TABLE} LIMIT 0").fetchall()  # opens the index
-            return _WalIndexHeader(self.path)
+            return _WAL_INDEX_MAPS.header(identity, self.path)
         except (OSError, ValueError, sqlite3.Error) as exc:
             log.info("sqlite store: lookups ask data_version (no WAL index map: %s)", exc)
             return None
@@ -914,9 +1003,7 @@ class SqliteStore(Store):
         if connection is None or slot.pid != os.getpid():
             return
         slot.connection = None
-        if slot.wal_index is not None:
-            slot.wal_index.close()  # before the connection that keeps the file mapped
-            slot.wal_index = None
+        slot.wal_index = None  # the map is closed with the process's last connection
         with self._connections_lock:
             self._connections = [entry for entry in self._connections if entry[1] is not connection]
         self._close_connection(connection, slot.identity)
