@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import struct
 import sys
@@ -210,7 +209,6 @@ def test_growth_is_the_largest_cost_over_the_smallest():
     assert report.growth(points, "lookup_us") == pytest.approx(1.25)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
 def test_lua_heartbeat_script_names_every_instance_of_the_population():
     script = http_load.scripts(25)["heartbeat"]
     assert script.count("service_name=svc-") == 25
