@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "falcon>=4,<5",
         "gunicorn>=22",
+        "granian>=2.5,<3",
         "python-etcd>=0.4.5",
         "redis[hiredis]>=5",
         "click>=8.1",
