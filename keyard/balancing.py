@@ -1,7 +1,10 @@
 """Load-balancing strategies: small named objects that pick one instance.
 
-Add a strategy by adding an object with a ``name`` and a ``choose`` method to
+Add a strategy by adding an object with a ``name`` and a ``chooser`` method to
 :func:`default_strategies`. An unknown name is an error, never a silent fallback.
+A chooser is made once for a list of instances and picks from it on each call, so
+that a kept lookup answer (``/keyard?...&load_balancer_strategy=``) prepares the
+strategy's work (the weighted strategy's running totals) once, not per request.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from bisect import bisect
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Protocol
 
 from keyard.errors import NotFound
 from keyard.model import Instance
+
+#: Picks one of the instances a chooser was made for, on each call.
+Chooser = Callable[[], Instance]
 
 
 class Strategy(Protocol):
@@ -21,12 +28,17 @@ class Strategy(Protocol):
 
     name: str
 
-    def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
-        """Pick one of ``instances``; ``key`` names what was looked up (service, filter).
-
-        Raises :class:`~keyard.errors.NotFound` when none of them may be picked.
+    def chooser(self, instances: Sequence[Instance], key: Hashable) -> Chooser:
+        """A picker of one of ``instances``; ``key`` names what was looked up (service,
+        filter). The picker raises :class:`~keyard.errors.NotFound` when none of them may
+        be picked.
         """
         ...
+
+
+def choose(strategy: Strategy, instances: Sequence[Instance], key: Hashable) -> Instance:
+    """One pick of ``strategy`` among ``instances``."""
+    return strategy.chooser(instances, key)()
 
 
 class RandomStrategy:
@@ -34,8 +46,9 @@ class RandomStrategy:
 
     name = "random"
 
-    def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
-        return random.choice(instances)
+    def chooser(self, instances: Sequence[Instance], key: Hashable) -> Chooser:
+        candidates = tuple(instances)
+        return lambda: random.choice(candidates)
 
 
 class RoundRobinStrategy:
@@ -52,11 +65,16 @@ class RoundRobinStrategy:
         self._lock = threading.Lock()
         self._counters: dict[Hashable, Iterator[int]] = {}
 
-    def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
-        with self._lock:
-            counter = self._counters.setdefault(key, itertools.count())
-            turn = next(counter)
-        return instances[turn % len(instances)]
+    def chooser(self, instances: Sequence[Instance], key: Hashable) -> Chooser:
+        candidates = tuple(instances)
+
+        def pick() -> Instance:
+            with self._lock:
+                counter = self._counters.setdefault(key, itertools.count())
+                turn = next(counter)
+            return candidates[turn % len(candidates)]
+
+        return pick
 
 
 class WeightedStrategy:
@@ -64,14 +82,23 @@ class WeightedStrategy:
 
     name = "weighted"
 
-    def choose(self, instances: Sequence[Instance], key: Hashable) -> Instance:
-        weights = [instance.weight for instance in instances]
-        if not any(weights):
-            raise NotFound(
-                f"every one of the {len(instances)} matching instance(s) has weight 0, "
-                "so the weighted strategy picks none"
-            )
-        return random.choices(instances, weights)[0]
+    def chooser(self, instances: Sequence[Instance], key: Hashable) -> Chooser:
+        candidates = tuple(instances)
+        # As random.choices with cum_weights: the first running total past a uniform
+        # draw in [0, total) names the pick, so a weight of 0 is never picked.
+        totals = list(itertools.accumulate(instance.weight for instance in candidates))
+        total = float(totals[-1]) if totals else 0.0
+        last = len(candidates) - 1
+
+        def pick() -> Instance:
+            if not total:
+                raise NotFound(
+                    f"every one of the {len(candidates)} matching instance(s) has weight 0, "
+                    "so the weighted strategy picks none"
+                )
+            return candidates[bisect(totals, random.random() * total, 0, last)]
+
+        return pick
 
 
 def default_strategies() -> dict[str, Strategy]:

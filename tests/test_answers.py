@@ -149,6 +149,22 @@ def test_choices_from_kept_candidates_still_spread_and_take_turns(api: webtest.T
     assert "weight" in response.json["description"]
 
 
+def test_a_kept_weighted_choice_keeps_the_proportions_and_never_picks_weight_zero(
+    api: webtest.TestApp,
+) -> None:
+    # Weight 0 first, between and last: the kept running totals must skip each one.
+    for location, weight in (("http://a", 0), ("http://b", 300), ("http://c", 0)):
+        _register(api, location, weight=weight)
+    _register(api, "http://d", weight=100)
+    _register(api, "http://e", weight=0)
+    picked = Counter(
+        api.get("/keyard?service_name=web&load_balancer_strategy=weighted").json["result"]
+        for _ in range(2000)
+    )
+    assert set(picked) == {"http://b", "http://d"}
+    assert 2.4 < picked["http://b"] / picked["http://d"] < 3.7
+
+
 def test_an_unknown_strategy_or_no_instance_is_an_error_every_time(
     api: webtest.TestApp,
 ) -> None:

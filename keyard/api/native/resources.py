@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import NamedTuple
 
 import falcon
@@ -11,9 +10,9 @@ from keyard.answers import Answers
 from keyard.api.native import codec, fields
 from keyard.api.paths import segment
 from keyard.api.request_fields import has_no_body, read_fields
-from keyard.balancing import Strategy
+from keyard.balancing import Chooser
 from keyard.errors import NotFound
-from keyard.model import DEFAULT_VERSION, Instance, InstanceKey
+from keyard.model import DEFAULT_VERSION, InstanceKey
 from keyard.registry import Registry, no_instance_message
 
 
@@ -29,11 +28,9 @@ class NativeResource:
 
 
 class _Choice(NamedTuple):
-    """A kept lookup for a load-balancing choice: the candidates and each one's answer."""
+    """A kept lookup for a load-balancing choice: the strategy's picker and each answer."""
 
-    strategy: Strategy
-    key: Hashable  # what the strategy's turns are counted by
-    candidates: list[Instance]
+    pick: Chooser
     answers: dict[str, bytes]  # instance_id -> the answer that names it
 
 
@@ -67,9 +64,7 @@ class KeyardResource(NativeResource):
             if not reading.instances:
                 raise NotFound(no_instance_message(service_name, where))
             choice = _Choice(
-                strategy,
-                (namespace, service_name, where),
-                reading.instances,
+                strategy.chooser(reading.instances, (namespace, service_name, where)),
                 {i.instance_id: codec.encode({"result": i.location}) for i in reading.instances},
             )
             if key is not None:
@@ -156,7 +151,7 @@ class ServiceResource(NativeResource):
 
 
 def _chosen(choice: _Choice) -> bytes:
-    return choice.answers[choice.strategy.choose(choice.candidates, choice.key).instance_id]
+    return choice.answers[choice.pick().instance_id]
 
 
 def _key(req: falcon.Request, service_name: str, instance_id: str) -> InstanceKey:
