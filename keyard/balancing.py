@@ -36,11 +36,6 @@ class Strategy(Protocol):
         ...
 
 
-def choose(strategy: Strategy, instances: Sequence[Instance], key: Hashable) -> Instance:
-    """One pick of ``strategy`` among ``instances``."""
-    return strategy.chooser(instances, key)()
-
-
 class RandomStrategy:
     """Every instance is equally likely."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from keyard import model
-from keyard.balancing import Strategy, choose, default_strategies
+from keyard.balancing import Strategy, default_strategies
 from keyard.errors import InvalidInput, NotFound
 from keyard.model import (
     DEFAULT_WEIGHT,
@@ -251,7 +251,7 @@ class Registry:
         found = self.instances(namespace, service_name, where)
         if not found:
             raise NotFound(no_instance_message(service_name, where))
-        return choose(strategy, found, (namespace, service_name, where))
+        return strategy.chooser(found, (namespace, service_name, where))()
 
     def services(self, namespace: str) -> list[ServiceSummary]:
         """Every service of the namespace with a live instance, sorted by name."""
