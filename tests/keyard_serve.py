@@ -41,7 +41,9 @@ def command(server: str, port: int, args: Sequence[str] = ()) -> list[str]:
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    inherited = {name: value for name, value in os.environ.items() if not name.startswith("KEYARD_")}
+    inherited = {
+        name: value for name, value in os.environ.items() if not name.startswith("KEYARD_")
+    }
     return {**inherited, "PYTHONPATH": pythonpath, **(env or {})}
 
 

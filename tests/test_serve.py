@@ -75,7 +75,9 @@ def sqlite_config(workdir: Path) -> None:
 
 
 def lookups_answer(url: str, count: int = 5) -> bool:
-    return all(call("GET", f"{url}/keyard?service_name=web", timeout=2)[0] == 200 for _ in range(count))
+    return all(
+        call("GET", f"{url}/keyard?service_name=web", timeout=2)[0] == 200 for _ in range(count)
+    )
 
 
 # -- serving, and stopping ------------------------------------------------------------------
@@ -87,7 +89,9 @@ def test_serve_answers_and_sigterm_finishes_the_request_in_flight_and_exits_0(
 ) -> None:
     keyard_serve.write_config(tmp_path, '{"store_type": "simple", "default_ttl": 7}')
     with keyard_serve.start(server, tmp_path, free_port()) as served:
-        status, body = call("POST", f"{served.url}/keyard", {"service_name": "web", "location": "a"})
+        status, body = call(
+            "POST", f"{served.url}/keyard", {"service_name": "web", "location": "a"}
+        )
         assert (status, body["ttl"]) == (201, 7)  # type: ignore[index]
         assert call("GET", f"{served.url}/keyard?service_name=web") == (200, {"result": ["a"]})
         # A request in flight (its body half sent) when SIGTERM comes is still answered.
@@ -202,7 +206,9 @@ def test_requests_the_server_refuses_itself_get_json_or_granians_empty_answer(
             for request in GUNICORN_REFUSES.keys() - GRANIAN_REFUSES.keys():
                 status, headers, body = split_answer(raw_http(served.port, request)[0])
                 assert headers["content-type"] == "application/json", status
-                assert set(json.loads(body)) == {"title", "description"} or "result" in body.decode()
+                assert (
+                    set(json.loads(body)) == {"title", "description"} or "result" in body.decode()
+                )
 
 
 @SERVERS
@@ -218,7 +224,9 @@ def test_a_body_over_64_kib_is_413_in_json(server: str, tmp_path: Path) -> None:
         request = (
             b"POST /keyard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n"
+            + b"%x\r\n" % len(chunk)
+            + chunk
+            + b"\r\n0\r\n\r\n"
         )
         status, headers, body = split_answer(raw_http(served.port, request)[0])
         assert status.startswith("HTTP/1.1 413 "), status
@@ -238,7 +246,9 @@ def test_a_client_stalled_in_its_headers_is_cut_off_after_the_client_timeout(
     with keyard_serve.start(server, tmp_path, free_port(), args, env) as served:
         stalled: list[tuple[bytes, float]] = []
         thread = threading.Thread(
-            target=lambda: stalled.append(raw_http(served.port, b"GET /keyard?service_name=x HTTP/1.1\r\n"))
+            target=lambda: stalled.append(
+                raw_http(served.port, b"GET /keyard?service_name=x HTTP/1.1\r\n")
+            )
         )
         thread.start()
         time.sleep(0.2)
@@ -352,7 +362,7 @@ def test_the_access_log_has_one_line_per_request_when_asked_for(
             call("GET", f"{served.url}/keyard?service_name=web")
             call("GET", f"{served.url}/keyard/services")
             if lines:  # a line is written once its answer is on its way
-                wait_until(lambda: served.stdout().count("/keyard") == lines, 5, "3 lines")
+                wait_until(lambda: served.stdout().count("/keyard") == 3, 5, "3 lines")
             else:
                 time.sleep(0.5)
             assert served.stop() == 0
