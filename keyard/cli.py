@@ -3,7 +3,8 @@ services and their instances; put an instance into maintenance and back.
 
 Exit codes: 0 success; 1 the registry answered an error or could not be
 reached (a one-line message on stderr); 2 a usage error or an invalid
-configuration. Every option can also come from the environment variable
+configuration; 3 ``keyard serve`` cannot listen on its ``--bind`` address (the
+port is in use). Every option can also come from the environment variable
 named in ``keyard COMMAND --help``.
 """
 
@@ -37,11 +38,16 @@ from keyard.errors import ConfigError, InvalidInput, KeyardError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: ``keyard serve --server``: the first is the default (``keyard.server.SERVERS``,
+#: repeated here so that the other commands need not import the servers).
+SERVERS = ("granian", "gunicorn")
+
 #: Where ``keyard serve`` listens unless told otherwise.
 DEFAULT_BIND = "127.0.0.1:8000"
-#: ``keyard serve``'s gunicorn worker processes and threads per worker, unless told
-#: otherwise; chosen from the benchmarks (``bench/``, README "Performance"). The
-#: memory store (``simple``) keeps its registry in one process: it gets one worker.
+#: ``keyard serve``'s worker processes and threads per worker (granian's blocking
+#: threads, gunicorn's gthread threads), unless told otherwise; chosen from the
+#: benchmarks (``bench/``, README "Performance"). The memory store (``simple``)
+#: keeps its registry in one process: it gets one worker.
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 4
 
@@ -61,6 +67,12 @@ class BadConfig(click.ClickException):
     """The configuration is invalid: exit code 2, like a usage error, without the usage text."""
 
     exit_code = 2
+
+
+class CannotListen(click.ClickException):
+    """``keyard serve`` cannot listen on ``--bind`` (the port is in use): exit code 3."""
+
+    exit_code = 3
 
 
 @contextmanager
@@ -333,7 +345,8 @@ def main() -> None:
 
     Run a registry with `keyard serve`; register, deregister and find services
     with the other commands. Exit codes: 0 success, 1 the registry answered an
-    error or could not be reached, 2 a usage error.
+    error or could not be reached, 2 a usage error, 3 `keyard serve` cannot
+    listen on its address (the port is in use).
     """
 
 
@@ -356,12 +369,21 @@ def main() -> None:
     help="HOST:PORT to listen on (0.0.0.0:8000 for every interface).",
 )
 @click.option(
+    "--server",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
+    show_default=True,
+    envvar="KEYARD_SERVER",
+    show_envvar=True,
+    help="The HTTP server: granian (Rust) or gunicorn (gthread, keyard's JSON-error worker).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
     envvar="KEYARD_WORKERS",
     show_envvar=True,
-    help=f"gunicorn worker processes [default: {DEFAULT_WORKERS}; 1 for store_type simple].",
+    help=f"Worker processes [default: {DEFAULT_WORKERS}; 1 for store_type simple].",
 )
 @click.option(
     "--threads",
@@ -370,25 +392,51 @@ def main() -> None:
     show_default=True,
     envvar="KEYARD_THREADS",
     show_envvar=True,
-    help="Threads per worker (gunicorn's gthread worker).",
+    help="Threads per worker that run requests (granian's blocking threads, gunicorn's gthread).",
 )
-def serve(config_path: str | None, bind: str, workers: int | None, threads: int) -> None:
-    """Run the registry under gunicorn until SIGINT or SIGTERM.
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    envvar="KEYARD_ACCESS_LOG",
+    show_envvar=True,
+    help="Log one line per request on standard output.",
+)
+def serve(
+    config_path: str | None,
+    bind: str,
+    server: str,
+    workers: int | None,
+    threads: int,
+    access_log: bool,
+) -> None:
+    """Run the registry under granian (or gunicorn) until SIGINT or SIGTERM.
 
     KEYARD_* variables override the config file's values (see
-    keyard.helpers.config). An invalid configuration stops here with exit code 2.
+    keyard.helpers.config). An invalid configuration stops here with exit code 2;
+    an address that cannot be listened on (the port is in use) with exit code 3.
     """
-    from keyard import server
+    from keyard import server as servers
     from keyard.helpers import config
 
+    if server == "granian" and bind.startswith("fd://"):
+        raise click.BadParameter(
+            "granian cannot listen on fd://; use --server gunicorn", param_hint="'--bind'"
+        )
     try:
         loaded = config.load(config_path) if config_path else config.from_environment()
         if workers is None:
             workers = default_workers(loaded.store_type)
-        server.check_config(loaded, workers)
+        # Checks the config and the address before it starts the server: both errors
+        # come from here, in this process, before any worker exists.
+        servers.serve(
+            loaded, server=server, bind=bind, workers=workers, threads=threads,
+            access_log=access_log,
+        )  # fmt: skip
     except ConfigError as exc:
         raise BadConfig(str(exc)) from exc
-    server.serve(loaded, bind=bind, workers=workers, threads=threads)
+    except servers.CannotListen as exc:
+        raise CannotListen(str(exc)) from exc
 
 
 @main.command()

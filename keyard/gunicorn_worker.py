@@ -9,8 +9,9 @@ as keyard answers every error, ``{"title": ..., "description": ...}`` in
 It also gives a client a deadline: a worker thread that waits more than
 ``KEYARD_CLIENT_TIMEOUT`` seconds (default 10) for the next bytes of a request, or
 for the client to take the answer, gives up on that connection: a body that
-stops short of its ``Content-Length`` gets a 408, a request stalled within its
-headers is closed. gthread's own thread would wait for as long as the client
+stops short of its ``Content-Length`` gets a 408 (and the connection is closed,
+so that the rest of the body is never taken for a request), a request stalled
+within its headers is closed. gthread's own thread would wait for as long as the client
 kept the connection open, and a few such clients would hold every thread.
 
 ``keyard serve`` uses it; with plain gunicorn, pass
@@ -22,14 +23,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
+
+from keyard.server.client_timeout import CLIENT_TIMEOUT, CLIENT_TIMEOUT_VARIABLE, client_timeout
+
+__all__ = [
+    "CLIENT_TIMEOUT",
+    "CLIENT_TIMEOUT_VARIABLE",
+    "JsonErrorThreadWorker",
+    "client_timeout",
+    "set_client_timeout",
+    "write_json_error",
+]
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
@@ -44,29 +55,6 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
         "\r\n"
     ).encode("latin-1")
     util.write_nonblock(sock, head + body)
-
-
-#: Seconds a worker thread waits for a client's next bytes, or for it to read the answer.
-CLIENT_TIMEOUT = 10.0
-CLIENT_TIMEOUT_VARIABLE = "KEYARD_CLIENT_TIMEOUT"
-
-
-def client_timeout() -> float:
-    """``KEYARD_CLIENT_TIMEOUT`` when it is a positive number of seconds, else the default."""
-    text = os.environ.get(CLIENT_TIMEOUT_VARIABLE)
-    if text is None:
-        return CLIENT_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= 3600:  # NaN too
-        logging.getLogger("gunicorn.error").warning(
-            "%s=%r is not a number of seconds in (0, 3600]; using %g",
-            CLIENT_TIMEOUT_VARIABLE, text, CLIENT_TIMEOUT,
-        )  # fmt: skip
-        return CLIENT_TIMEOUT
-    return seconds
 
 
 class _StalledClientFilter(logging.Filter):
@@ -100,6 +88,30 @@ def set_client_timeout(sock: socket.socket, seconds: float = CLIENT_TIMEOUT) -> 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def honour_connection_close(app: WsgiApp) -> WsgiApp:
+    """``app``, where an answer with ``Connection: close`` closes the connection.
+
+    gunicorn drops the hop-by-hop headers an app sets and decides on its own
+    whether to keep the connection; keyard's app says ``Connection: close`` when the
+    rest of the request cannot be trusted (a body that stopped short).
+    """
+
+    def closing_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "connection" and value.lower() == "close":
+                    # gunicorn's start_response is its Response's bound method.
+                    start_response.__self__.force_close()  # type: ignore[attr-defined]
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return closing_app
+
+
 class JsonErrorThreadWorker(ThreadWorker):
     """gunicorn's gthread worker: JSON for the errors gunicorn raises, a deadline for clients."""
 
@@ -110,6 +122,10 @@ class JsonErrorThreadWorker(ThreadWorker):
         self.client_timeout = client_timeout()
         logging.getLogger("gunicorn.error").addFilter(_StalledClientFilter(self.client_timeout))
         return super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi: WsgiApp = honour_connection_close(self.wsgi)
 
     def enqueue_req(self, conn: Any) -> None:
         if not getattr(conn, "keyard_timeout_set", False):

@@ -434,6 +434,7 @@ def run_keyard(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a server's workers never signal the test's process group
     )
 
 
@@ -572,11 +573,15 @@ def registry_answers(client: KeyardClient) -> bool:
         return False
 
 
-def test_serve_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
+def test_serve_server_gunicorn_runs_keyard_under_gunicorn_until_sigterm(tmp_path: Path) -> None:
+    # The default server, granian, is tested as thoroughly in test_serve.py.
     config = tmp_path / "keyard.json"
     config.write_text('{"store_type": "simple", "default_ttl": 7}')
     port = free_port()
-    process = run_keyard("serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", env={})
+    process = run_keyard(
+        "serve", "--server", "gunicorn", "--config", str(config), "--bind", f"127.0.0.1:{port}",
+        env={},
+    )  # fmt: skip
     try:
         client = KeyardClient(f"http://127.0.0.1:{port}", timeout=1)
         wait_until(lambda: registry_answers(client), 15, "keyard serve answering")

@@ -104,9 +104,14 @@ def test_a_client_that_stalls_mid_request_is_given_up_on_and_never_holds_a_threa
         answer, seconds = _send_and_read(server.port, short_body)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 "), answer
-        # ...and the connection closed (read to its end above): the rest of the body
-        # must never be taken for a request.
-        assert json.loads(body)["title"] == "Request timeout"
+        # ...and the connection closed (read to its end above, and said so): the rest
+        # of the body must never be taken for a request.
+        assert b"\r\nConnection: close\r\n" in head, answer
+        assert json.loads(body) == {
+            "title": "Request timeout",
+            "description": "the request body stopped arriving before its end (its "
+            "Content-Length or last chunk); send the whole body without pausing",
+        }
         assert 0.9 < seconds < 5, seconds
         # Stalled within its headers: the connection is closed, the thread freed.
         answer, seconds = _send_and_read(server.port, b"GET /keyard?service_name=x HTTP/1.1\r\n")
@@ -130,3 +135,23 @@ def test_a_client_timeout_that_is_not_a_number_of_seconds_is_named_in_a_warning(
     assert f"KEYARD_CLIENT_TIMEOUT={text!r}" in caplog.text
     monkeypatch.setenv("KEYARD_CLIENT_TIMEOUT", "2.5")
     assert client_timeout() == 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_invalid_config_under_plain_gunicorn_is_one_message_and_a_failed_exit(
+    preload: bool, tmp_path: Path
+) -> None:
+    (tmp_path / "config.json").write_text('{"store_type": "nope"}')
+    code, output = gunicorn_server.run_to_exit(
+        "keyard.wsgi:app",
+        free_port(),
+        {"KEYARD_CONFIG": str(tmp_path / "config.json")},
+        ["--preload"] if preload else [],
+    )
+    message = "store_type 'nope' is not a known store; available: etcd, redis, simple, sqlite"
+    assert code != 0, output
+    assert output.count(message) == 1, output
+    assert f"Error: config file {str(tmp_path / 'config.json')!r}" in output, output
+    assert "Traceback" not in output, output
+    assert len(output.splitlines()) <= 10, output

@@ -71,8 +71,10 @@ def test_create_app_refuses_the_memory_store_under_several_gunicorn_workers() ->
 def test_keyard_serve_refuses_the_memory_store_under_several_workers_before_starting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from keyard import server
+    from keyard import server as servers
+    from keyard.server import granian as server
 
+    monkeypatch.setattr(servers, "check_bind", lambda bind: None)  # 8000 may be taken here
     started: list[Config] = []
     monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
     monkeypatch.chdir(tmp_path)  # no ./config.json; the default sqlite file goes here
@@ -87,8 +89,10 @@ def test_keyard_serve_refuses_the_memory_store_under_several_workers_before_star
 def test_keyard_serve_uses_sqlite_by_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from keyard import server
+    from keyard import server as servers
+    from keyard.server import granian as server
 
+    monkeypatch.setattr(servers, "check_bind", lambda bind: None)  # 8000 may be taken here
     started: list[Config] = []
     monkeypatch.setattr(server, "serve", lambda config, **options: started.append(config))
     monkeypatch.chdir(tmp_path)
@@ -103,15 +107,19 @@ def test_keyard_serve_uses_sqlite_by_default(
 def test_keyard_serve_runs_two_workers_by_default_and_one_for_the_memory_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store_type: str, workers: int
 ) -> None:
-    from keyard import server
+    from keyard import server as servers
+    from keyard.server import granian as server
 
+    monkeypatch.setattr(servers, "check_bind", lambda bind: None)  # 8000 may be taken here
     options: list[dict[str, object]] = []
     monkeypatch.setattr(server, "serve", lambda config, **given: options.append(given))
     monkeypatch.chdir(tmp_path)
     env = {name: None for name in os.environ if name.startswith("KEYARD_")}
     result = CliRunner().invoke(main, ["serve"], env={**env, "KEYARD_STORE_TYPE": store_type})
     assert result.exit_code == 0, result.output
-    assert options == [{"bind": "127.0.0.1:8000", "workers": workers, "threads": 4}]
+    assert options == [
+        {"bind": "127.0.0.1:8000", "workers": workers, "threads": 4, "access_log": False}
+    ]
     given = CliRunner().invoke(
         main, ["serve", "--workers", "3"], env={**env, "KEYARD_STORE_TYPE": "sqlite"}
     )

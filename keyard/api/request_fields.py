@@ -37,7 +37,7 @@ def _read_stream(stream: _Readable) -> bytes:
             title="Request timeout",
             headers={"Connection": "close"},
             description="the request body stopped arriving before its end "
-            f"(its Content-Length or last chunk): {exc}",
+            "(its Content-Length or last chunk); send the whole body without pausing",
         ) from exc
     except Exception as exc:
         raise falcon.HTTPBadRequest(

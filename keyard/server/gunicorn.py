@@ -1,9 +1,8 @@
-"""Running keyard under gunicorn, from Python (``keyard serve``).
+"""``keyard serve --server gunicorn``: gunicorn's gthread worker, answering in JSON.
 
-The configuration is read and the store checked here, in the process that
-starts gunicorn, so that a bad configuration stops ``keyard serve`` at once
-with its one-line message; each worker then builds its own app (and store)
-from the checked configuration.
+The worker class is :data:`keyard.server.WORKER_CLASS` (``keyard/gunicorn_worker.py``):
+gunicorn's gthread with gunicorn's own error pages in keyard's JSON and a
+deadline for clients. The same app runs under plain ``gunicorn keyard.wsgi:app``.
 """
 
 from __future__ import annotations
@@ -16,12 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from keyard.app import create_app
 from keyard.helpers.config import Config
-from keyard.stores import create_store, store_class
-from keyard.worker_processes import refuse_unshared_store_under_workers
-
-#: gunicorn's worker class for keyard: gthread (threads, so a slow store call blocks one
-#: request only), answering the requests gunicorn itself refuses in JSON.
-WORKER_CLASS = "keyard.gunicorn_worker.JsonErrorThreadWorker"
+from keyard.server import WORKER_CLASS
 
 
 class KeyardServer(BaseApplication):
@@ -52,21 +46,15 @@ class KeyardServer(BaseApplication):
         return create_app(self.config)
 
 
-def check_config(config: Config, workers: int = 1) -> None:
-    """Build (and close) the store ``config`` names, and refuse the memory store under
-    several ``workers``: ConfigError now rather than in a worker."""
-    refuse_unshared_store_under_workers(store_class(config.store_type), workers)
-    create_store(config.store_type, config.store_options).close()
-
-
-def serve(config: Config, *, bind: str, workers: int, threads: int) -> None:
-    """Check ``config``, then serve keyard on ``bind`` until gunicorn is told to stop."""
-    check_config(config, workers)
-    options = {
+def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: bool) -> None:
+    """Serve keyard under gunicorn on ``bind`` until gunicorn is told to stop."""
+    options: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
         "threads": threads,
         "worker_class": WORKER_CLASS,
         "proc_name": "keyard",
     }
+    if access_log:
+        options["accesslog"] = "-"  # one line per request, on standard output
     KeyardServer(config, options).run()
