@@ -47,11 +47,12 @@ PUT, REMOVED, EXPIRED = "put", "removed", "expired"
 class Change(NamedTuple):
     """One entry of a namespace's change log.
 
-    ``kind`` is :data:`PUT` (registered or changed: ``instance`` is the record as
-    stored), :data:`REMOVED` or :data:`EXPIRED` (``instance`` is the record removed).
+    ``change_index`` is its number; ``kind`` is :data:`PUT` (registered or changed:
+    ``instance`` is the record as stored), :data:`REMOVED` or :data:`EXPIRED`
+    (``instance`` is the record removed).
     """
 
-    index: int
+    change_index: int
     kind: str
     instance: Instance
 

@@ -178,7 +178,7 @@ class MemoryStore(Store):
                     f"index {index} is older than the change log of namespace {namespace!r} "
                     f"(or newer than its latest, {latest}): read everything"
                 )
-            return [c for _, c in self._logs.get(namespace, ()) if c.index > index]
+            return [c for _, c in self._logs.get(namespace, ()) if c.change_index > index]
 
     def close(self) -> None:
         sweeper = self._sweeper.pop()
@@ -205,7 +205,7 @@ class MemoryStore(Store):
         clock = time.monotonic()
         entries.append((clock, Change(index, kind, instance)))
         while entries and entries[0][0] < clock - self.log_seconds:
-            self._dropped[namespace] = entries.popleft()[1].index
+            self._dropped[namespace] = entries.popleft()[1].change_index
         self._waiters.notify()
 
     def _start_sweeper(self) -> None:

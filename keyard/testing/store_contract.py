@@ -703,7 +703,7 @@ class WatchContract:
             ("removed", "db", "b")]
         assert changes[2].instance.status_override == "DOWN"
         same_record(changes[3].instance, b)
-        numbers = [c.index for c in changes]
+        numbers = [c.change_index for c in changes]
         assert numbers == sorted(numbers) and numbers[0] > start
         assert numbers[-1] == store.change_index(DEFAULT_NAMESPACE, None)
         assert store.changes_since(DEFAULT_NAMESPACE, numbers[1]) == changes[2:]
