@@ -25,17 +25,29 @@ from keyard.helpers import config as config_module
 from keyard.model import DEFAULT_NAMESPACE, InstanceKey, derived_instance_id
 from keyard.stores import create_store
 from keyard.stores.etcd import MAX_SEGMENT, EtcdStore, encode_part
-from keyard.testing.store_contract import ODD_STRINGS, StoreContract, locations, make
+from keyard.testing.store_contract import (
+    ODD_STRINGS,
+    StoreContract,
+    WatchContract,
+    locations,
+    make,
+)
 from tests.conftest import free_port, port_is_open, wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, started, unique_base_path
 
 
-class TestEtcdStore(StoreContract):
+class TestEtcdStore(StoreContract, WatchContract):
     @pytest.fixture
-    def store(self, etcd_server: EtcdServer) -> Iterator[EtcdStore]:
-        store = EtcdStore(etcd_server.endpoint, base_path=unique_base_path())
+    def store(self, etcd_server: EtcdServer, base_path: str) -> Iterator[EtcdStore]:
+        store = EtcdStore(etcd_server.endpoint, base_path=base_path)
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_config(
+        self, etcd_server: EtcdServer, base_path: str
+    ) -> tuple[str, dict[str, object]]:
+        return "etcd", {"host": etcd_server.endpoint, "base_path": base_path}
 
 
 @pytest.fixture
@@ -217,8 +229,9 @@ def test_an_instance_is_one_key_under_its_namespace_and_service(
     store.put(instance)
     tree = etcd_server.raw(raw_key(base_path), recursive="true")
     assert tree is not None
-    [namespaces] = tree["nodes"]  # type: ignore[index]
-    assert namespaces["key"] == f"{base_path}/%ns"
+    top = {node["key"]: node for node in tree["nodes"]}  # type: ignore[index, attr-defined]
+    assert set(top) == {f"{base_path}/%ns", f"{base_path}/%watch"}, "instances and changes"
+    namespaces = top[f"{base_path}/%ns"]
     [namespace_dir] = namespaces["nodes"]
     assert namespace_dir["key"] == f"{base_path}/%ns/team%2Fx"
     [service_dir] = namespace_dir["nodes"]

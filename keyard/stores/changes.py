@@ -98,7 +98,7 @@ class Waiters:
 
 
 class Sweeper:
-    """A daemon thread that calls ``sweep()`` every :data:`SWEEP_INTERVAL` seconds.
+    """A daemon thread that calls ``sweep()`` every ``interval`` seconds.
 
     ``sweep`` removes the instances whose expiry has passed, recording each as an
     :data:`EXPIRED` change. A failure (the store unreachable) is logged and tried
@@ -106,8 +106,11 @@ class Sweeper:
     process (a thread never crosses a fork: a child starts its own).
     """
 
-    def __init__(self, sweep: Callable[[], None], name: str) -> None:
+    def __init__(
+        self, sweep: Callable[[], None], name: str, interval: float = SWEEP_INTERVAL
+    ) -> None:
         self._sweep = sweep
+        self.interval = interval
         self.thread = BackgroundThread(self._run, name)
 
     def start(self) -> None:
@@ -117,8 +120,8 @@ class Sweeper:
         self.thread.stop(wait=2.0)
 
     def _run(self) -> None:
-        backoff = Backoff(SWEEP_INTERVAL, 5.0)
-        pause = SWEEP_INTERVAL
+        backoff = Backoff(self.interval, 5.0)
+        pause = self.interval
         while not self.thread.wait(pause):
             try:
                 self._sweep()
@@ -129,4 +132,4 @@ class Sweeper:
                                 pause, exc)
             else:
                 backoff.reset()
-                pause = SWEEP_INTERVAL
+                pause = self.interval
