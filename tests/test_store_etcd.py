@@ -243,7 +243,7 @@ def test_an_instance_is_one_key_under_its_namespace_and_service(
     assert {k: v for k, v in value.items() if k != "writer"} == {
         **instance._asdict(), "tags": ["t"], "metadata": {"k": "v"}
     }
-    assert 40 <= leaf["ttl"] <= 45  # etcd expires the key by itself
+    assert 40 <= leaf["ttl"] <= 47  # etcd expires the key by itself, 2 s after its lease
 
 
 def test_no_key_of_today_can_be_a_key_of_keyard_0_2_0() -> None:
@@ -259,7 +259,7 @@ def test_a_refresh_moves_etcds_own_expiry(
     store.put(make(ttl=500))
     instance_id = encode_part(make().instance_id)
     node = etcd_server.raw(raw_key(base_path, "%ns", NS, "web", instance_id))
-    assert node is not None and 490 <= node["ttl"] <= 500  # type: ignore[operator]
+    assert node is not None and 490 <= node["ttl"] <= 502  # type: ignore[operator]
 
 
 def test_an_override_keeps_etcds_own_expiry_at_the_lease_left(
@@ -270,7 +270,7 @@ def test_an_override_keeps_etcds_own_expiry_at_the_lease_left(
     store.set_override(web(), "OUT_OF_SERVICE", now)
     instance_id = encode_part(make().instance_id)
     node = etcd_server.raw(raw_key(base_path, "%ns", NS, "web", instance_id))
-    assert node is not None and 290 <= node["ttl"] <= 301  # type: ignore[operator]
+    assert node is not None and 290 <= node["ttl"] <= 303  # type: ignore[operator]
 
 
 def test_lookup_ignores_empty_directories_and_values_that_are_not_instances(
