@@ -33,7 +33,9 @@ from keyard.client import (
     InstanceSpec,
     KeyardClient,
     Registration,
+    ServiceSummary,
 )
+from keyard.client._watch import lease_free
 from keyard.errors import ConfigError, InvalidInput, KeyardError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -766,6 +768,132 @@ def instances(
     ]
     headers = ("INSTANCE", "VERSION", "LOCATION", "STATUS", "WEIGHT", "TAGS", "METADATA", "EXPIRES")
     click.echo(_table(headers, rows))
+
+
+@main.command()
+@click.argument("name", required=False, callback=_text("service_name"))
+@click.option("--version", callback=_text("version"), help="Only this version.")
+@click.option(
+    "--tag",
+    "tags",
+    metavar="TAG",
+    multiple=True,
+    callback=_tags,
+    help="Only instances with this tag (repeatable: with every one of them).",
+)
+@click.option(
+    "--status",
+    callback=_status_filter,
+    metavar="STATUS[,STATUS...]",
+    help=f"Only instances with one of these statuses ({', '.join(STATUSES)}) "
+    "[default: any status].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one readable line per instance; json: one JSON object per line "
+    "({event, index, instance} or {event, index, service}).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=1, max=600),
+    default=60,
+    show_default=True,
+    help="Seconds the registry holds each blocking query.",
+)
+@_registry_options
+def watch(
+    name: str | None,
+    version: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    output_format: str,
+    wait: float,
+    url: str,
+    timeout: float,
+) -> None:
+    """Print the live instances of service NAME, then one line per instance added,
+    removed or changed, until SIGINT (Ctrl-C) or SIGTERM (exit 0).
+
+    Without NAME, watches the services instead. The first lines (event "present") are
+    the state when the watch starts; every line is flushed at once. The watch survives
+    a restart of the registry and its 503s (retried, logged on stderr).
+    """
+    if name is None and (version or tags or status):
+        raise click.UsageError("--version, --tag and --status need a service NAME")
+    client = _client(url, timeout)
+    with _registry_errors():
+        watching = (
+            client.watch(name, version=version, tag=tags or None, status=status, wait=wait)
+            if name is not None
+            else client.watch_services(wait=wait)
+        )
+    previous: dict[str, object] | None = None
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    saved = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with _log_to_stderr("keyard.client"), _registry_errors(), watching:
+            for snapshot in watching:
+                current: dict[str, object] = (
+                    {i.instance_id: i for i in snapshot.instances}
+                    if name is not None
+                    else {s.service_name: s for s in snapshot.services}
+                )
+                for event, item in _changes(previous, current):
+                    click.echo(_watch_line(event, snapshot.index, item, output_format))
+                previous = current
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+def _changes(
+    previous: dict[str, object] | None, current: dict[str, object]
+) -> Iterator[tuple[str, object]]:
+    """The events from one state to the next: present (the first state), added, removed,
+    changed (every field but the lease: a health check is no change)."""
+    if previous is None:
+        for item in current.values():
+            yield "present", item
+        return
+    for key, item in current.items():
+        before = previous.get(key)
+        if before is None:
+            yield "added", item
+        elif _unleased(before) != _unleased(item):
+            yield "changed", item
+    for key, item in previous.items():
+        if key not in current:
+            yield "removed", item
+
+
+def _unleased(item: object) -> object:
+    return lease_free(item) if isinstance(item, Instance) else item
+
+
+def _watch_line(event: str, index: int, item: object, output_format: str) -> str:
+    if isinstance(item, Instance):
+        if output_format == "json":
+            return json.dumps({"event": event, "index": index, "instance": _record_json(item)})
+        return (
+            f"{event:<8} {item.instance_id} version {item.version} at {item.location} "
+            f"{_status_text(item)} (index {index})"
+        )
+    assert isinstance(item, ServiceSummary)
+    if output_format == "json":
+        service = {"service_name": item.service_name, "instances": item.instances, "up": item.up}
+        return json.dumps({"event": event, "index": index, "service": service})
+    return (
+        f"{event:<8} {item.service_name}: {item.instances} instance(s), {item.up} UP "
+        f"(index {index})"
+    )
 
 
 @main.group()

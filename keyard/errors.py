@@ -25,3 +25,7 @@ class StoreUnavailable(KeyardError):
 
 class ConfigError(KeyardError):
     """The configuration is invalid; raised when the app is created, never later."""
+
+
+class IndexTooOld(KeyardError):
+    """A change index is older than the change log keeps: read the whole state again."""

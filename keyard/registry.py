@@ -9,6 +9,7 @@ It knows nothing about HTTP.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,22 @@ from keyard.stores.base import Store
 Clock = Callable[[], float]
 #: No filter but the default one: UP instances of every version.
 UP_INSTANCES = InstanceFilter()
+#: A blocking query's wait when none is given, and the longest, in seconds.
+DEFAULT_WAIT, MAX_WAIT = 60.0, 600.0
+
+
+@dataclass(frozen=True)
+class Watched:
+    """An answer of a (blocking) read and the change index it is current at.
+
+    ``index`` is read before the answer: a change made meanwhile moves the index past
+    it, so a watcher that waits on ``index`` never misses a change. ``None`` when the
+    store keeps no index (:attr:`~keyard.stores.base.Store.watchable` false).
+    """
+
+    instances: list[Instance]
+    services: list[ServiceSummary]
+    index: int | None
 
 
 class Reading(NamedTuple):
@@ -256,6 +273,55 @@ class Registry:
     def services(self, namespace: str) -> list[ServiceSummary]:
         """Every service of the namespace with a live instance, sorted by name."""
         return self.store.services(namespace, self.clock())
+
+    # -- blocking reads ----------------------------------------------------------------
+
+    def watch_instances(
+        self,
+        namespace: str,
+        service_name: str,
+        where: InstanceFilter,
+        index: int | None = None,
+        wait: float = DEFAULT_WAIT,
+    ) -> Watched:
+        """The instances ``where`` keeps and the service's change index.
+
+        With ``index``: first waits until the service's index differs from it, or until
+        ``wait`` seconds (at most :data:`MAX_WAIT`) and a random extra of up to
+        ``wait / 16`` have passed (which spreads the wake-ups of many watchers).
+        """
+        model.check_text("service_name", service_name)
+        current = self._index(namespace, service_name, index, wait)
+        found = self.instances(namespace, service_name, where)
+        return Watched(found, [], current)
+
+    def watch_services(
+        self, namespace: str, index: int | None = None, wait: float = DEFAULT_WAIT
+    ) -> Watched:
+        """Every service of the namespace and the catalog's change index (as above)."""
+        current = self._index(namespace, None, index, wait)
+        return Watched([], self.services(namespace), current)
+
+    def _index(
+        self, namespace: str, service_name: str | None, index: int | None, wait: float
+    ) -> int | None:
+        """The change index, after waiting for it to move from ``index`` (if given)."""
+        store = self.store
+        if not store.watchable:
+            if index is not None:
+                raise InvalidInput(
+                    f"index is given, but the {store.name or 'configured'} store keeps no "
+                    "change index: blocking queries are not available"
+                )
+            return None
+        if index is None:
+            return store.change_index(namespace, service_name)
+        if index < 0:
+            raise InvalidInput(f"index must be a whole number of at least 0, got {index}")
+        if not 0 <= wait <= MAX_WAIT:
+            raise InvalidInput(f"wait must be between 0 and {MAX_WAIT:g} seconds, got {wait:g}")
+        wait += random.uniform(0, wait / 16)
+        return store.wait_for_change(namespace, service_name, index, wait)
 
     # -- helpers -----------------------------------------------------------------------
 

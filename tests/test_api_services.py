@@ -175,7 +175,7 @@ def test_an_unknown_strategy_lists_weighted(api: webtest.TestApp) -> None:
 
 
 def test_services_lists_each_service_with_its_counts_sorted(api: webtest.TestApp) -> None:
-    assert get(api, "/keyard/services").json == {"services": []}
+    assert get(api, "/keyard/services").json == {"services": [], "index": 1}
     api.post("/keyard", {"service_name": "web", "location": A})
     api.post("/keyard", {"service_name": "web", "location": B, "status": "DOWN"})
     api.post("/keyard", {"service_name": "api", "location": C})
@@ -183,7 +183,8 @@ def test_services_lists_each_service_with_its_counts_sorted(api: webtest.TestApp
         "services": [
             {"service_name": "api", "instances": 1, "up": 1},
             {"service_name": "web", "instances": 2, "up": 1},
-        ]
+        ],
+        "index": 4,
     }
 
 
@@ -206,7 +207,8 @@ def test_a_service_lists_full_records_of_every_status_with_filters(api: webtest.
     assert where("tag=t") == [B]
     assert where("status=UP") == [A, B]
     assert where("status=DOWN&version=1") == [C]
-    assert get(api, "/keyard/services/nobody").json == {"service_name": "nobody", "instances": []}
+    assert get(api, "/keyard/services/nobody").json == {
+        "service_name": "nobody", "instances": [], "index": 1}
     error(get(api, "/keyard/services/web?colour=red", status=400), "unknown field(s) 'colour'")
 
 

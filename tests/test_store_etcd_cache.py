@@ -22,7 +22,13 @@ from keyard.stores import create_store
 from keyard.stores.etcd import EtcdStore, encode_part
 from keyard.stores.etcd.cache import STALE_AFTER, EtcdCache
 from keyard.stores.etcd.keys import record_value
-from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
+from keyard.testing.store_contract import (
+    KEEP_ALL,
+    StoreContract,
+    WatchContract,
+    locations,
+    make,
+)
 from tests.conftest import wait_until
 from tests.etcd_server import EtcdCluster, EtcdServer, unique_base_path
 
@@ -65,6 +71,22 @@ class TestEtcdStoreCached(StoreContract):
         yield store
         assert served_from_the_cache(store), "the contract ran against the cache"
         store.close()
+
+
+class TestEtcdStoreCachedWatches(WatchContract):
+    """The change API of a store with ``cache``: the same keys, so the same answers."""
+
+    @pytest.fixture
+    def store(self, etcd_server: EtcdServer, base_path: str) -> Iterator[EtcdStore]:
+        store = cached_store(etcd_server.endpoint, base_path)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def store_config(
+        self, etcd_server: EtcdServer, base_path: str
+    ) -> tuple[str, dict[str, object]]:
+        return "etcd", {"host": etcd_server.endpoint, "base_path": base_path, "cache": True}
 
 
 @pytest.fixture

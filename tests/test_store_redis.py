@@ -13,18 +13,24 @@ from keyard.errors import ConfigError, StoreUnavailable
 from keyard.model import DEFAULT_NAMESPACE, InstanceKey, ServiceSummary
 from keyard.stores import create_store
 from keyard.stores.redis import KEY_GRACE_MS, RedisStore
-from keyard.testing.store_contract import StoreContract, locations, make
+from keyard.testing.store_contract import StoreContract, WatchContract, locations, make
 from tests.redis_server import RedisServer
 
 NS = DEFAULT_NAMESPACE
 
 
-class TestRedisStore(StoreContract):
+class TestRedisStore(StoreContract, WatchContract):
     @pytest.fixture
     def store(self, redis_server: RedisServer, redis_prefix: str):
         store = create_store("redis", {"url": redis_server.url, "prefix": redis_prefix})
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_config(
+        self, redis_server: RedisServer, redis_prefix: str
+    ) -> tuple[str, dict[str, object]]:
+        return "redis", {"url": redis_server.url, "prefix": redis_prefix}
 
 
 def test_the_redis_store_says_it_is_shared_across_processes() -> None:
@@ -145,8 +151,9 @@ def test_prefixes_isolate_registries_sharing_one_redis(
         client = raw_client(redis_server)
         keys = client.keys(f"{redis_prefix}*")
         client.close()
-        # Per store: the service's two keys and the namespace's index.
-        assert all(key.startswith(redis_prefix) for key in keys) and len(keys) == 9
+        # Per store: the service's two keys and the namespace's index; the namespace's
+        # sequence, services' indexes and change log, and the services by expiry.
+        assert all(key.startswith(redis_prefix) for key in keys) and len(keys) == 21
     finally:
         for store in (first, second, third):
             store.close()
@@ -160,11 +167,15 @@ def test_keys_are_ascii_and_escape_separators(redis_server: RedisServer, redis_p
         keys = sorted(client.keys(f"{redis_prefix}:*"))
         members = client.zrange(f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:leases", 0, -1)
         client.close()
-        assert keys == [
+        assert keys == sorted([
             f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:leases",
             f"{redis_prefix}:{{n%2Fs/a%3A%7Bb%7D%2F%C3%BC}}:records",
             f"{redis_prefix}:{{n%2Fs}}:services",
-        ]
+            f"{redis_prefix}:{{n%2Fs}}:sequence",
+            f"{redis_prefix}:{{n%2Fs}}:indexes",
+            f"{redis_prefix}:{{n%2Fs}}:log",
+            f"{redis_prefix}:expiring",
+        ])
         assert members == ['"i\\nd"'], "members are ASCII, without a newline"
     finally:
         store.close()
@@ -458,3 +469,54 @@ def test_a_server_that_does_not_speak_redis_is_store_unavailable(redis_prefix: s
             stop.set()
             store.close()
     thread.join(timeout=5)
+
+
+# -- change indexes ---------------------------------------------------------------
+
+
+def test_the_change_log_forgets_what_is_older_than_it_keeps(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    from keyard.errors import IndexTooOld
+
+    store = RedisStore(redis.Redis.from_url(redis_server.url), prefix=redis_prefix,
+                       log_seconds=0.2)
+    try:
+        start = store.change_index(NS, None)
+        store.put(make(location="a"))
+        time.sleep(0.3)
+        store.put(make(location="b"))
+        with pytest.raises(IndexTooOld, match="read everything"):
+            store.changes_since(NS, start)
+        assert [c.instance.location for c in store.changes_since(NS, start + 1)] == ["b"]
+    finally:
+        store.close()
+
+
+def test_an_outage_during_a_wait_raises_store_unavailable_within_the_timeout(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = create_store("redis", {"url": own_redis_server.url, "prefix": redis_prefix,
+                                   "timeout": 0.5})
+    try:
+        index = store.change_index(NS, "web")
+        failures: list[BaseException] = []
+        ended: list[float] = []
+
+        def wait() -> None:
+            try:
+                store.wait_for_change(NS, "web", index, 30)
+            except StoreUnavailable as exc:
+                failures.append(exc)
+            ended.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)
+        own_redis_server.stop()
+        stopped = time.monotonic()
+        waiter.join(timeout=15)
+        assert failures, "the wait ended with StoreUnavailable"
+        assert ended[0] - stopped < 5.0
+    finally:
+        store.close()

@@ -26,7 +26,13 @@ from keyard.model import DEFAULT_NAMESPACE, Instance
 from keyard.stores import create_store, redis_cache
 from keyard.stores.redis import RedisStore, parse_record, record_text
 from keyard.stores.redis_cache import REMOVED, RedisCache
-from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
+from keyard.testing.store_contract import (
+    KEEP_ALL,
+    StoreContract,
+    WatchContract,
+    locations,
+    make,
+)
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
@@ -73,7 +79,7 @@ def cached_store(server: RedisServer, prefix: str, **options: object) -> RedisSt
     return store
 
 
-class TestCachedRedisStore(StoreContract):
+class TestCachedRedisStore(StoreContract, WatchContract):
     """The contract, with lookups as keyard makes them: read and cache, then from the cache."""
 
     @pytest.fixture
@@ -82,6 +88,12 @@ class TestCachedRedisStore(StoreContract):
         started_cache(store)
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_config(
+        self, redis_server: RedisServer, redis_prefix: str
+    ) -> tuple[str, dict[str, object]]:
+        return "redis", {"url": redis_server.url, "prefix": redis_prefix, "cache": True}
 
 
 class CacheOnlyLookups(RedisStore):

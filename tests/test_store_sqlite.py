@@ -19,15 +19,25 @@ from keyard.model import DEFAULT_NAMESPACE as NS
 from keyard.model import InstanceKey, derived_instance_id
 from keyard.stores import create_store
 from keyard.stores.sqlite import FILE_CHECK_INTERVAL, PURGE_BATCH, TABLE, SqliteStore
-from keyard.testing.store_contract import KEEP_ALL, StoreContract, locations, make
+from keyard.testing.store_contract import (
+    KEEP_ALL,
+    StoreContract,
+    WatchContract,
+    locations,
+    make,
+)
 
 
-class TestSqliteStore(StoreContract):
+class TestSqliteStore(StoreContract, WatchContract):
     @pytest.fixture
     def store(self, tmp_path: Path):
         store = SqliteStore(tmp_path / "registry.db")
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_config(self, tmp_path: Path) -> tuple[str, dict[str, object]]:
+        return "sqlite", {"path": str(tmp_path / "registry.db")}
 
 
 @pytest.fixture
@@ -200,7 +210,8 @@ def test_database_is_in_wal_mode_with_the_expected_table(db_path: Path) -> None:
         by_version = [row[2] for row in db.execute(f"PRAGMA index_info({TABLE}_by_version)")]
         assert by_version == ["namespace", "service_name", "version", "location"]
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {TABLE}, "no table of keyard 0.2.0 is made"
+        assert tables == {TABLE, "change_sequences", "service_indexes", "change_log"}, (
+            "no table of keyard 0.2.0 is made")
 
 
 def test_tags_and_metadata_are_kept_as_json_text(db_path: Path) -> None:
@@ -768,3 +779,45 @@ def test_a_background_thread_checkpoints_the_log_and_stops_with_the_store(db_pat
     finally:
         store.close()
     assert not thread.is_alive()
+
+
+# -- change indexes ---------------------------------------------------------------
+
+
+def test_the_change_log_forgets_what_is_older_than_it_keeps(db_path: Path) -> None:
+    from keyard.errors import IndexTooOld
+
+    store = SqliteStore(db_path)
+    try:
+        start = store.change_index(NS, None)
+        store.put(make(location="a"))
+        store.put(make(location="b"))
+        latest = store.change_index(NS, None)
+        store._trim_log(time.time() + 1)
+        with pytest.raises(IndexTooOld, match="read everything"):
+            store.changes_since(NS, start)
+        assert store.changes_since(NS, latest) == []
+        assert store.change_index(NS, None) == latest, "trimming moves no index"
+    finally:
+        store.close()
+
+
+def test_a_database_of_keyard_0_3_gets_indexes_starting_at_one(db_path: Path) -> None:
+    """A database written before the change tables: its data is kept, its indexes start at 1."""
+    store = SqliteStore(db_path)
+    store.put(make(location="kept"))
+    store.close()
+    with sqlite3.connect(db_path) as raw:
+        for trigger in ("inserted", "updated", "deleted"):
+            raw.execute(f"DROP TRIGGER {TABLE}_{trigger}")
+        for table in ("change_sequences", "service_indexes", "change_log"):
+            raw.execute(f"DROP TABLE {table}")
+    raw.close()
+    store = SqliteStore(db_path)
+    try:
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["kept"]
+        assert store.change_index(NS, "web") == store.change_index(NS, None) == 1
+        store.put(make(location="new"))
+        assert store.change_index(NS, "web") == store.change_index(NS, None) == 2
+    finally:
+        store.close()

@@ -12,8 +12,10 @@ import pytest
 
 from keyard.model import DEFAULT_NAMESPACE as NS
 from keyard.model import Instance, InstanceKey, ServiceSummary, derived_instance_id
-from keyard.stores.sqlite import TABLE, SqliteStore
+from keyard.stores.sqlite import CHANGE_LOG, SEQUENCES, SERVICE_INDEXES, TABLE, SqliteStore
 from keyard.testing.store_contract import KEEP_ALL, make
+
+CHANGE_TABLES = {SEQUENCES, SERVICE_INDEXES, CHANGE_LOG}
 
 FIXTURE = Path(__file__).parent / "fixtures" / "keyard_0_2_0" / "registry.db"
 LIVE_UNTIL = 4_102_444_800.0  # 2100-01-01T00:00:00Z
@@ -102,7 +104,7 @@ def test_a_0_2_0_database_is_upgraded_with_every_live_instance_intact(old_db: Pa
         check_upgraded(store)
     finally:
         store.close()
-    assert tables(old_db) == {TABLE}, "the old table is dropped once converted"
+    assert tables(old_db) == {TABLE, *CHANGE_TABLES}, "the old table is dropped once converted"
 
 
 def test_the_upgrade_happens_once(old_db: Path) -> None:
@@ -157,4 +159,4 @@ def test_several_processes_opening_a_0_2_0_database_at_once_convert_it_once(
         check_upgraded(store)
     finally:
         store.close()
-    assert tables(old_db) == {TABLE}
+    assert tables(old_db) == {TABLE, *CHANGE_TABLES}

@@ -18,6 +18,9 @@
     for instance in client.instances("app2"):                # full records, every status
         print(instance.instance_id, instance.status, instance.tags)
 
+    for snapshot in client.watch("app2"):                    # the state, then each change
+        print(snapshot.index, [i.location for i in snapshot.instances])
+
 Errors are keyard's own exceptions (all subclasses of ``KeyardError``), never
 urllib's; see :mod:`keyard.client._exceptions` for which HTTP answer raises which.
 """
@@ -40,6 +43,7 @@ from keyard.client._models import (
     Registration,
     ServiceSummary,
 )
+from keyard.client._watch import Snapshot, Watch
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -57,5 +61,7 @@ __all__ = [
     "Registration",
     "RegistryUnavailable",
     "ServiceSummary",
+    "Snapshot",
     "UnexpectedResponse",
+    "Watch",
 ]

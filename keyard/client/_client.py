@@ -30,6 +30,7 @@ from keyard.client._models import (
     registration_from_json,
     summary_from_json,
 )
+from keyard.client._watch import Snapshot, Watch
 
 if TYPE_CHECKING:
     from keyard.client._heartbeat import Heartbeat
@@ -235,6 +236,56 @@ class KeyardClient:
         body = self._call("GET", path, fields)
         return self._parse("GET", path, body, lambda b: _each(b["instances"], instance_from_json))
 
+    def watch(
+        self,
+        service_name: str,
+        version: str | None = None,
+        tag: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        wait: float = 60,
+    ) -> Watch:
+        """Watch the service's instances (filtered as :meth:`instances`): an iterator of
+        :class:`Snapshot` s, the first the current state, each next one a change.
+
+        Each request is a blocking query that the registry holds for up to ``wait``
+        seconds (1 to 600); the watch retries 503s and refused connections with a
+        doubling pause (logged on ``keyard.client``) and stops on ``break`` or
+        :meth:`Watch.close`. InvalidInput for a bad filter or wait.
+        """
+        path = ("services", _segment(service_name, "service_name"))
+        fields = {"version": version, "tag": joined(tag), "status": joined(status)}
+
+        def fetch(index: int | None, wait: float) -> Snapshot:
+            body = self._blocking(path, fields, index, wait)
+            return self._parse("GET", path, body, lambda b: Snapshot(
+                index=_index(b), instances=tuple(_each(b["instances"], instance_from_json))))
+
+        return Watch(fetch, _wait(wait), f"service {service_name!r}")
+
+    def watch_services(self, wait: float = 60) -> Watch:
+        """Watch the catalog (:meth:`services`) as :meth:`watch` watches a service."""
+        path = ("services",)
+
+        def fetch(index: int | None, wait: float) -> Snapshot:
+            body = self._blocking(path, {}, index, wait)
+            return self._parse("GET", path, body, lambda b: Snapshot(
+                index=_index(b), services=tuple(_each(b["services"], summary_from_json))))
+
+        return Watch(fetch, _wait(wait), "the services")
+
+    def _blocking(
+        self, path: Sequence[str], fields: Mapping[str, object], index: int | None, wait: float
+    ) -> Any:
+        """One blocking query (a plain read when ``index`` is None), its answer's body.
+
+        The request may take ``wait`` and the registry's random extra (up to wait/16)
+        before its answer: the client's timeout is added to that.
+        """
+        if index is None:
+            return self._exchange("GET", path, fields)[0]
+        given = {**fields, "index": index, "wait": f"{wait:g}s"}
+        return self._exchange("GET", path, given, timeout=self.timeout + wait * 17 / 16)[0]
+
     def instance(self, service_name: str, instance_id: str) -> Instance:
         """One live instance's record. NotFound when no live instance has this id."""
         path = _instance_path(service_name, instance_id)
@@ -309,7 +360,11 @@ class KeyardClient:
         return self.endpoint + "".join("/" + _quote(segment) for segment in path)
 
     def _exchange(
-        self, method: str, path: Sequence[str], fields: Mapping[str, object] | None
+        self,
+        method: str,
+        path: Sequence[str],
+        fields: Mapping[str, object] | None,
+        timeout: float | None = None,
     ) -> tuple[Any, int]:
         """Send the fields (query string for GET, else a JSON body); the JSON answer and status.
 
@@ -328,7 +383,7 @@ class KeyardClient:
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         where = self._url(path)
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=timeout or self.timeout) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             with exc:
@@ -339,7 +394,7 @@ class KeyardClient:
         except OSError as exc:  # URLError, refused, reset, timeout
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, (TimeoutError, socket.timeout)):
-                reason = f"no answer within {self.timeout:g} s"
+                reason = f"no answer within {timeout or self.timeout:g} s"
             raise ConnectionFailed(
                 f"cannot reach the registry at {self.base_url}: {reason}"
             ) from exc
@@ -397,6 +452,20 @@ class KeyardClient:
         if 500 <= status < 600:
             return RegistryUnavailable(text)
         return UnexpectedResponse(text, status)
+
+
+def _index(body: Any) -> int:
+    """An answer's change index: a whole number (KeyError/ValueError when it is not)."""
+    index = body["index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index {index!r} is not a whole number")
+    return index
+
+
+def _wait(wait: float) -> float:
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 1 <= wait <= 600:
+        raise InvalidInput(f"wait must be between 1 and 600 seconds, got {wait!r}")
+    return float(wait)
 
 
 def _quote(segment: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
 from keyard.model import Instance, InstanceKey, ServiceSummary
+from keyard.stores.changes import Change
 
 #: The fields :meth:`Store.put` may be asked to keep from the live record.
 KEEPABLE = frozenset({"ttl", "status", "tags", "metadata", "weight"})
@@ -167,6 +168,42 @@ class Store(abc.ABC):
         says the store cannot tell cheaply, and every lookup reads it afresh.
         """
         return None
+
+    # -- change indexes (optional: where :attr:`watchable`; see keyard.stores.changes) -----
+
+    #: True when the store keeps change indexes and a change log (the methods below).
+    watchable: ClassVar[bool] = False
+
+    def change_index(self, namespace: str, service_name: str | None) -> int:
+        """The change index of the service (``None``: of the namespace's catalog).
+
+        A whole number >= 1 that never goes backwards while the store keeps its data,
+        the same in every process on the store. It moves with every change of the
+        service's records (every change in the namespace, for the catalog) but a
+        heartbeat that only extends a lease, and with every expiry, within 1 s of the
+        instance's ``expires_at`` (see :class:`~keyard.stores.changes.Sweeper`).
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
+
+    def wait_for_change(
+        self, namespace: str, service_name: str | None, index: int, timeout: float
+    ) -> int:
+        """The change index as soon as it differs from ``index``, else after ``timeout`` s.
+
+        Woken by changes made in any process on the store; never returns later than
+        ``timeout`` plus one read. A backend that cannot be reached raises
+        :class:`~keyard.errors.StoreUnavailable` (within its timeout), even mid-wait.
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
+
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        """The namespace's changes numbered above ``index``, oldest first.
+
+        :class:`~keyard.errors.IndexTooOld` when changes after ``index`` have already
+        left the log (it keeps :data:`~keyard.stores.changes.LOG_SECONDS` at least),
+        or when ``index`` is above the catalog index (the store was reset since).
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores need nothing
         """Release connections or files. The store is not used afterwards."""

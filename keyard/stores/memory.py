@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from keyard.errors import ConfigError
+from keyard.errors import ConfigError, IndexTooOld
 from keyard.model import UP, Instance, InstanceKey, ServiceSummary
+from keyard.stores.background import PerProcess
 from keyard.stores.base import Store, lease_only, merged, ordered
+from keyard.stores.changes import (
+    EXPIRED,
+    FIRST_INDEX,
+    LOG_SECONDS,
+    PUT,
+    REMOVED,
+    Change,
+    Sweeper,
+    Waiters,
+)
 
 # (namespace, service) -> instance_id -> record
 _Index = dict[tuple[str, str], dict[str, Instance]]
@@ -31,6 +44,7 @@ class MemoryStore(Store):
     name = "simple"
     OPTIONS = ()
     shared_across_processes = False
+    watchable = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,6 +57,17 @@ class MemoryStore(Store):
         # change. A service with no records has none (0): its answer is empty.
         self._stamps: dict[tuple[str, str], int] = {}
         self._writes = 0
+        # Change indexes (see keyard.stores.changes): namespace -> its latest number;
+        # (namespace, service) -> the number of its latest change; namespace -> its log
+        # of (time.monotonic(), change), and the highest number dropped from it.
+        self._sequences: dict[str, int] = {}
+        self._indexes: dict[tuple[str, str], int] = {}
+        self._logs: dict[str, deque[tuple[float, Change]]] = {}
+        self._dropped: dict[str, int] = {}
+        self._waiters = Waiters(recheck=5.0)
+        #: Seconds of changes the log keeps (tests shorten it).
+        self.log_seconds = LOG_SECONDS
+        self._sweeper: PerProcess[Sweeper] = PerProcess()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> MemoryStore:
@@ -64,6 +89,7 @@ class MemoryStore(Store):
             records[instance.instance_id] = stored
             if not lease_only(live, stored):
                 self._changed(instance.namespace, instance.service_name)
+                self._record(PUT, stored)
             heapq.heappush(
                 self._expiries,
                 (stored.expires_at, stored.namespace, stored.service_name, stored.instance_id),
@@ -82,7 +108,7 @@ class MemoryStore(Store):
     def deregister(self, key: InstanceKey, now: float) -> Instance | None:
         with self._lock:
             self._purge(now)
-            removed = self._remove(*key)
+            removed = self._remove(*key, now=now)
         return removed if removed is not None and removed.expires_at > now else None
 
     def set_override(self, key: InstanceKey, status: str | None, now: float) -> Instance | None:
@@ -94,6 +120,7 @@ class MemoryStore(Store):
             instance = instance._replace(status_override=status)
             records[key.instance_id] = instance
             self._changed(key.namespace, key.service_name)
+            self._record(PUT, instance)
         return instance
 
     def change_stamp(self, namespace: str, service_name: str) -> int:
@@ -128,6 +155,36 @@ class MemoryStore(Store):
         summaries.sort()
         return summaries
 
+    def change_index(self, namespace: str, service_name: str | None) -> int:
+        self._start_sweeper()
+        if service_name is None:
+            return self._sequences.get(namespace, FIRST_INDEX)
+        return self._indexes.get((namespace, service_name), FIRST_INDEX)
+
+    def wait_for_change(
+        self, namespace: str, service_name: str | None, index: int, timeout: float
+    ) -> int:
+        """Woken by this process's writes and by the sweeper's expiries."""
+        return self._waiters.wait(
+            lambda: self.change_index(namespace, service_name), index, timeout
+        )
+
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        self._start_sweeper()
+        with self._lock:
+            latest = self._sequences.get(namespace, FIRST_INDEX)
+            if index < self._dropped.get(namespace, 0) or index > latest:
+                raise IndexTooOld(
+                    f"index {index} is older than the change log of namespace {namespace!r} "
+                    f"(or newer than its latest, {latest}): read everything"
+                )
+            return [c for _, c in self._logs.get(namespace, ()) if c.change_index > index]
+
+    def close(self) -> None:
+        sweeper = self._sweeper.pop()
+        if sweeper is not None:
+            sweeper.stop()
+
     def __len__(self) -> int:
         """The number of records held, expired ones not yet purged included."""
         return self._count
@@ -138,7 +195,36 @@ class MemoryStore(Store):
         self._writes += 1
         self._stamps[(namespace, service_name)] = self._writes
 
-    def _remove(self, namespace: str, service_name: str, instance_id: str) -> Instance | None:
+    def _record(self, kind: str, instance: Instance) -> None:
+        """Number a change of ``instance`` in its namespace, log it, wake the waiters."""
+        namespace = instance.namespace
+        index = self._sequences.get(namespace, FIRST_INDEX) + 1
+        self._sequences[namespace] = index
+        self._indexes[(namespace, instance.service_name)] = index
+        entries = self._logs.setdefault(namespace, deque())
+        clock = time.monotonic()
+        entries.append((clock, Change(index, kind, instance)))
+        while entries and entries[0][0] < clock - self.log_seconds:
+            self._dropped[namespace] = entries.popleft()[1].change_index
+        self._waiters.notify()
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper.here() is None:
+            self._sweeper.get(self._make_sweeper)
+
+    def _make_sweeper(self) -> Sweeper:
+        sweeper = Sweeper(self._sweep, "keyard-memory-sweeper")
+        sweeper.start()
+        return sweeper
+
+    def _sweep(self) -> None:
+        with self._lock:
+            self._purge(time.time())
+
+    def _remove(
+        self, namespace: str, service_name: str, instance_id: str, now: float | None = None
+    ) -> Instance | None:
+        """Remove a record: a removal at ``now``, or an expiry when ``now`` is None."""
         records = self._services.get((namespace, service_name))
         if records is None:
             return None
@@ -146,6 +232,8 @@ class MemoryStore(Store):
         if instance is None:
             return None
         self._count -= 1
+        self._record(REMOVED if now is not None and instance.expires_at > now else EXPIRED,
+                      instance)
         if records:
             self._changed(namespace, service_name)
         else:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import re
 import threading
 import time
@@ -51,7 +52,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from keyard.errors import ConfigError, StoreUnavailable
+from keyard.errors import ConfigError, IndexTooOld, StoreUnavailable
 from keyard.model import (
     DEFAULT_NAMESPACE,
     UP,
@@ -61,9 +62,12 @@ from keyard.model import (
     from_keyard_0_2,
 )
 from keyard.stores import options as opt
-from keyard.stores.background import PerProcess
+from keyard.stores.background import BackgroundThread, Backoff, PerProcess
 from keyard.stores.base import Store
+from keyard.stores.changes import FIRST_INDEX, LOG_SECONDS, Change, Sweeper, Waiters
 from keyard.stores.redis_cache import REMOVED, RedisCache, Removal
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 6379
@@ -82,14 +86,57 @@ _URL_SCHEMES = ("redis", "rediss", "unix")
 # Every write script: KEYS[1] = the service's sorted set, KEYS[2] = its records,
 # KEYS[3] = the namespace's index of services; ARGV[1], ARGV[2], ARGV[3] = the channel,
 # the writer's id of the write (or ''), the service's tag (as in its keys); ARGV[4] =
-# the service's member of the index.
+# the service's member of the index. The last four KEYS are the change keys
+# (:func:`_change_keys`): the namespace's sequence, its services' indexes, its change
+# log and the store's services by earliest expiry.
 _COMMON_LUA = """
+local SEQUENCE, INDEXES, LOG, EXPIRING = KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KEYS - 1],
+    KEYS[#KEYS]
+local DROPPED = SEQUENCE .. ':dropped'
+
+-- Numbers a change of the service in its namespace (its index, the catalog's), logs it as
+-- '<index> <kind> <logged at> <service> <record>' (a line each), trims what the log
+-- need not keep any more, and wakes the waiters of every process (the channel: the sequence key).
+local function changed(kind, record, now)
+    local index = redis.call('INCR', SEQUENCE)
+    if index == 1 then index = redis.call('INCR', SEQUENCE) end  -- 1: before any change
+    redis.call('HSET', INDEXES, ARGV[4], index)
+    redis.call('ZADD', LOG, index,
+        index .. '\\n' .. kind .. '\\n' .. now .. '\\n' .. ARGV[4] .. '\\n' .. record)
+    local cutoff = tonumber(now) - @LOG_SECONDS@
+    local oldest = redis.call('ZRANGE', LOG, 0, 1)
+    for _, entry in ipairs(oldest) do
+        local number, logged = string.match(entry, '^(%d+)\\n[^\\n]*\\n([^\\n]*)\\n')
+        if tonumber(logged) < cutoff then
+            redis.call('ZREM', LOG, entry)
+            redis.call('SET', DROPPED, number)
+        end
+    end
+    redis.call('PUBLISH', SEQUENCE, index)
+end
+
 local function purge(now, batch)
     local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, batch)
     if #expired > 0 then
+        local records = redis.call('HMGET', KEYS[2], unpack(expired))
         redis.call('ZREM', KEYS[1], unpack(expired))
         redis.call('HDEL', KEYS[2], unpack(expired))
+        for _, record in ipairs(records) do
+            if record then changed('expired', record, now) end
+        end
     end
+end
+
+-- Whether two records (by field name) differ only in their lease.
+local LEASE = {ttl = true, last_heartbeat_at = true, expires_at = true}
+local function lease_only(before, after)
+    for name, line in pairs(before) do
+        if not LEASE[name] and after[name] ~= line then return false end
+    end
+    for name, line in pairs(after) do
+        if not LEASE[name] and before[name] ~= line then return false end
+    end
+    return true
 end
 
 -- The service's keys and its index entry live until a grace period after its last expiry.
@@ -97,8 +144,11 @@ local function keep_alive(now, grace)
     local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
     if #last == 0 then
         redis.call('ZREM', KEYS[3], ARGV[4])
+        redis.call('ZREM', EXPIRING, ARGV[3])
         return
     end
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    redis.call('ZADD', EXPIRING, first[2], ARGV[3])
     local ms = math.ceil((tonumber(last[2]) - now) * 1000) + grace
     if ms < 1 then ms = 1 end
     redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ms))
@@ -148,6 +198,11 @@ purge(ARGV[8], tonumber(ARGV[10]))
 local created = 1
 local old = redis.call('ZSCORE', KEYS[1], member)
 local live = old and tonumber(old) > now and redis.call('HGET', KEYS[2], member)
+local change = true
+if old and not live then  -- expired, not purged yet
+    local gone = redis.call('HGET', KEYS[2], member)
+    if gone then changed('expired', gone, ARGV[8]) end
+end
 if live then
     created = 0
     local mine = fields(live)
@@ -164,10 +219,12 @@ if live then
         given.expires_at = '"expires_at":' .. expires_at
     end
     record = joined(given, order)
+    change = not lease_only(mine, given)
 end
 redis.call('ZADD', KEYS[1], expires_at, member)
 redis.call('HSET', KEYS[2], member, record)
 published_put(member, record)
+if change then changed('put', record, ARGV[8]) end
 keep_alive(now, tonumber(ARGV[11]))
 if created == 1 then return {1} end
 return {0, record}
@@ -185,6 +242,9 @@ local record = redis.call('HGET', KEYS[2], member)
 if old then
     redis.call('ZREM', KEYS[1], member)
     redis.call('HDEL', KEYS[2], member)
+    if record then
+        changed(tonumber(old) > now and 'removed' or 'expired', record, ARGV[6])
+    end
 end
 purge(ARGV[6], tonumber(ARGV[7]))
 keep_alive(now, tonumber(ARGV[8]))
@@ -210,7 +270,19 @@ byname.status_override = '"status_override":' .. ARGV[7]
 local record = joined(byname, order)
 redis.call('HSET', KEYS[2], member, record)
 published_put(member, record)
+changed('put', record, ARGV[6])
 return record
+"""
+)
+
+# ARGV[5..]: now, purge batch, grace. Purges the service's expired members (each an
+# expiry in its change log), as every write does; for the sweeper.
+_SWEEP_LUA = (
+    _COMMON_LUA
+    + """
+purge(ARGV[5], tonumber(ARGV[6]))
+keep_alive(tonumber(ARGV[5]), tonumber(ARGV[7]))
+return 0
 """
 )
 
@@ -281,6 +353,7 @@ for i = 8, #ARGV, 5 do
             redis.call('ZADD', KEYS[1], ARGV[i + 1], member)
             redis.call('HSET', KEYS[2], member, record)
             published_put(member, record)
+            changed('put', record, ARGV[5])
             converted = converted + 1
         end
     end
@@ -411,6 +484,18 @@ def _service_keys(prefix: str, namespace: str, service_name: str) -> list[str]:
     return [f"{base}:leases", f"{base}:records", _index_key(prefix, namespace)]
 
 
+@functools.lru_cache(maxsize=1024)
+def _change_keys(prefix: str, namespace: str) -> list[str]:
+    """The namespace's sequence, its services' indexes, its change log; the store's services
+    by earliest expiry (the last KEYS of every write script; memoized, never mutated)."""
+    base = f"{prefix}:{{{_quoted(namespace)}}}"
+    return [f"{base}:sequence", f"{base}:indexes", f"{base}:log", _expiring_key(prefix)]
+
+
+def _expiring_key(prefix: str) -> str:
+    return f"{prefix}:expiring"
+
+
 def _index_key(prefix: str, namespace: str) -> str:
     return f"{prefix}:{{{_quoted(namespace)}}}:services"
 
@@ -499,6 +584,7 @@ class RedisStore(Store):
     name = "redis"
     OPTIONS = _OPTIONS
     shared_across_processes = True
+    watchable = True
 
     def __init__(
         self,
@@ -507,6 +593,7 @@ class RedisStore(Store):
         prefix: str = DEFAULT_PREFIX,
         where: str = "redis",
         cache: bool = False,
+        log_seconds: float = LOG_SECONDS,
     ) -> None:
         """Use ``client`` (which should have socket timeouts and no retries, as
         :meth:`from_options` builds it) with keys under ``prefix``. ``where`` names
@@ -527,13 +614,24 @@ class RedisStore(Store):
         #: This process's cache (a forked child makes its own).
         self._cache: PerProcess[RedisCache] = PerProcess()
         self._closed = False
-        self._load = client.register_script(_LOAD_LUA)
-        self._put = client.register_script(_PUT_LUA)
-        self._deregister = client.register_script(_DEREGISTER_LUA)
-        self._set_override = client.register_script(_SET_OVERRIDE_LUA)
-        self._lookup = client.register_script(_LOOKUP_LUA)
-        self._services = client.register_script(_SERVICES_LUA)
-        self._upgrade = client.register_script(_UPGRADE_LUA)
+        #: Seconds of changes the log keeps at least (tests shorten it).
+        self.log_seconds = log_seconds
+
+        def script(text: str) -> Script:
+            return client.register_script(text.replace("@LOG_SECONDS@", repr(float(log_seconds))))
+
+        self._load = script(_LOAD_LUA)
+        self._put = script(_PUT_LUA)
+        self._deregister = script(_DEREGISTER_LUA)
+        self._set_override = script(_SET_OVERRIDE_LUA)
+        self._lookup = script(_LOOKUP_LUA)
+        self._services = script(_SERVICES_LUA)
+        self._upgrade = script(_UPGRADE_LUA)
+        self._sweep_service = script(_SWEEP_LUA)
+        # The change API: this process's waiters, woken by its subscriber thread; its
+        # sweeper (both started by the first use of the API in the process).
+        self._waiters = Waiters(recheck=2.0)
+        self._watching: PerProcess[tuple[BackgroundThread, Sweeper]] = PerProcess()
         self._upgraded = False
         self._upgrade_lock = threading.Lock()
         with contextlib.suppress(StoreUnavailable):
@@ -701,9 +799,106 @@ class RedisStore(Store):
         summaries.sort()
         return summaries
 
+    def change_index(self, namespace: str, service_name: str | None) -> int:
+        """One read: the namespace's sequence, or the service's entry of its indexes."""
+        self._start_watching()
+        sequence, indexes = _change_keys(self.prefix, namespace)[:2]
+        with self._translated_failures():
+            if service_name is None:
+                found: Any = self.client.get(sequence)
+            else:
+                found = self.client.hget(indexes, _quoted(service_name))
+        return int(found) if found is not None else FIRST_INDEX
+
+    def wait_for_change(
+        self, namespace: str, service_name: str | None, index: int, timeout: float
+    ) -> int:
+        """Woken by the message every change publishes on its namespace's sequence key."""
+        return self._waiters.wait(
+            lambda: self.change_index(namespace, service_name), index, timeout
+        )
+
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        """One transaction: the sequence, the highest number trimmed, the log above ``index``."""
+        self._start_watching()
+        sequence, _, log_key, _ = _change_keys(self.prefix, namespace)
+        with self._translated_failures():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(sequence)
+            pipe.get(f"{sequence}:dropped")
+            pipe.zrangebyscore(log_key, f"({index}", "+inf")
+            latest_text, dropped_text, entries = pipe.execute()
+        latest = int(latest_text) if latest_text is not None else FIRST_INDEX
+        dropped = int(dropped_text) if dropped_text is not None else 0
+        if index < dropped or index > latest:
+            raise IndexTooOld(
+                f"index {index} is older than the change log of namespace {namespace!r} "
+                f"keeps (or newer than its latest, {latest}): read everything"
+            )
+        changes = []
+        for entry in entries:
+            number, kind, _, service, record = entry.split(b"\n", 4)
+            instance = _parsed(namespace, _unquoted(service.decode("ascii")), record)
+            if instance is not None:
+                changes.append(Change(int(number), kind.decode("ascii"), instance))
+        return changes
+
+    def _start_watching(self) -> None:
+        if self._watching.here() is None and not self._closed:
+            self._watching.get(self._make_watching)
+
+    def _make_watching(self) -> tuple[BackgroundThread, Sweeper]:
+        subscriber = BackgroundThread(lambda: self._subscribe(subscriber), "keyard-redis-watch")
+        sweeper = Sweeper(self._sweep, "keyard-redis-sweeper")
+        subscriber.start()
+        sweeper.start()
+        return subscriber, sweeper
+
+    def _subscribe(self, thread: BackgroundThread) -> None:
+        """Wake the waiters at every change of every process (and when Redis fails)."""
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + ":{*}:sequence"
+        backoff = Backoff(0.1, 2.0)
+        while not thread.stopping.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(pattern)
+                self._waiters.notify()  # what changed while not subscribed
+                while not thread.stopping.is_set():
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self._waiters.notify()
+                    backoff.reset()
+            except redis.exceptions.RedisError as exc:
+                pause = backoff.next()
+                if backoff.failures == 1:
+                    log.warning("%s: watching for changes failed: %s", self.where, exc)
+                self._waiters.notify()  # the waiters read again, and see the failure
+                thread.wait(pause)
+            finally:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    pubsub.close()
+
+    def _sweep(self) -> None:
+        """Purge the services with an instance past its expiry (each expiry a change)."""
+        now = time.time()
+        with self._translated_failures():
+            due: Any = self.client.zrangebyscore(
+                _expiring_key(self.prefix), "-inf", _score(now), start=0, num=100
+            )
+        for tag in due:
+            quoted_namespace, _, quoted_service = tag.decode("ascii").partition("/")
+            namespace = _unquoted(quoted_namespace)
+            self._write(
+                self._sweep_service, namespace, _unquoted(quoted_service),
+                [_score(now), PURGE_BATCH, KEY_GRACE_MS], lambda reply: None,
+            )
+
     def close(self) -> None:
         """Stop the cache's thread, if any, and close the connections to Redis."""
         self._closed = True
+        watching = self._watching.pop()
+        if watching is not None:
+            watching[0].stop(wait=2.0)
+            watching[1].stop()
         cache = self._cache.pop()
         if cache is not None:
             cache.stop()
@@ -738,7 +933,10 @@ class RedisStore(Store):
         service_name = _unquoted(old_tag)
         namespace = DEFAULT_NAMESPACE
         ttl_key = old_key[: -len(b"expiry")] + b"ttl"
-        keys: list[str | bytes] = [*self._keys(namespace, service_name), old_key, ttl_key]
+        keys: list[str | bytes] = [
+            *self._keys(namespace, service_name), old_key, ttl_key,
+            *_change_keys(self.prefix, namespace),
+        ]
         tag = _tag(namespace, service_name)
         for _ in range(UPGRADE_ATTEMPTS):
             scores: Any = self.client.zrange(old_key, 0, -1, withscores=True)
@@ -800,7 +998,7 @@ class RedisStore(Store):
         applies: the record stored, :data:`REMOVED`, or None for nothing.
         """
         tag = _tag(namespace, service_name)
-        keys = self._keys(namespace, service_name)
+        keys = [*self._keys(namespace, service_name), *_change_keys(self.prefix, namespace)]
         index_member = tag.partition("/")[2]
         cache = self._cache.here()
         if cache is None:

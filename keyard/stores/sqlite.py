@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
+from keyard.errors import ConfigError, IndexTooOld, InvalidInput, StoreUnavailable
 from keyard.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_WEIGHT,
@@ -41,7 +41,9 @@ from keyard.model import (
     derived_instance_id,
 )
 from keyard.stores import options as opt
+from keyard.stores.background import BackgroundThread, Backoff, PerProcess
 from keyard.stores.base import Store
+from keyard.stores.changes import FIRST_INDEX, LOG_SECONDS, SWEEP_INTERVAL, Change, Waiters
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,108 @@ CREATE INDEX IF NOT EXISTS {TABLE}_by_expiry ON {TABLE} (expires_at);
 CREATE INDEX IF NOT EXISTS {TABLE}_by_version
     ON {TABLE} (namespace, service_name, version, location);
 """
+
+# -- change indexes (keyard.stores.changes), kept by triggers in the write's own statement --
+
+SEQUENCES, SERVICE_INDEXES, CHANGE_LOG = "change_sequences", "service_indexes", "change_log"
+_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+_RECORD_COLUMNS_SQL = """namespace, service_name, instance_id, version, location, status,
+    status_override, tags, metadata, weight, ttl, registered_at, last_heartbeat_at, expires_at"""
+
+
+def _recorded(row: str, kind: str, when: str = "1") -> str:
+    """The statements of a trigger that number a change of ``row`` (``new`` or ``old``) in its
+    namespace, set its service's index to that number and log it, when ``when`` holds."""
+    values = ", ".join(f"{row}.{column.strip()}" for column in _RECORD_COLUMNS_SQL.split(","))
+    # No OR IGNORE / OR REPLACE: in a trigger, the firing statement's conflict policy wins.
+    service = f"namespace = {row}.namespace AND service_name = {row}.service_name"
+    return f"""
+    INSERT INTO {SEQUENCES} (namespace, latest, dropped) SELECT {row}.namespace, 1, 0
+        WHERE {when} AND NOT EXISTS (SELECT 1 FROM {SEQUENCES} WHERE namespace = {row}.namespace);
+    UPDATE {SEQUENCES} SET latest = latest + 1 WHERE namespace = {row}.namespace AND {when};
+    UPDATE {SERVICE_INDEXES} SET latest = (SELECT latest FROM {SEQUENCES}
+        WHERE namespace = {row}.namespace) WHERE {service} AND {when};
+    INSERT INTO {SERVICE_INDEXES} (namespace, service_name, latest)
+        SELECT namespace, {row}.service_name, latest FROM {SEQUENCES}
+        WHERE namespace = {row}.namespace AND {when}
+        AND NOT EXISTS (SELECT 1 FROM {SERVICE_INDEXES} WHERE {service});
+    INSERT INTO {CHANGE_LOG} (change_index, kind, logged_at, {_RECORD_COLUMNS_SQL})
+        SELECT latest, {kind}, {_NOW_SQL}, {values} FROM {SEQUENCES}
+        WHERE namespace = {row}.namespace AND {when};"""
+
+
+#: An update changes what lookups answer unless it only extended a live lease.
+_CHANGED = " OR ".join(
+    f"old.{column} IS NOT new.{column}"
+    for column in ("version", "location", "status", "status_override", "tags", "metadata",
+                   "weight", "registered_at")
+)
+_WAS_EXPIRED = "old.expires_at <= new.last_heartbeat_at"
+_CHANGE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {SEQUENCES} (
+    namespace TEXT PRIMARY KEY,
+    latest    INTEGER NOT NULL,
+    dropped   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {SERVICE_INDEXES} (
+    namespace    TEXT NOT NULL,
+    service_name TEXT NOT NULL,
+    latest       INTEGER NOT NULL,
+    PRIMARY KEY (namespace, service_name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {CHANGE_LOG} (
+    namespace         TEXT NOT NULL,
+    change_index      INTEGER NOT NULL,
+    kind              TEXT NOT NULL,
+    logged_at         REAL NOT NULL,
+    service_name      TEXT NOT NULL,
+    instance_id       TEXT NOT NULL,
+    version           TEXT NOT NULL,
+    location          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    status_override   TEXT,
+    tags              TEXT NOT NULL,
+    metadata          TEXT NOT NULL,
+    weight            INTEGER NOT NULL,
+    ttl               INTEGER NOT NULL,
+    registered_at     REAL NOT NULL,
+    last_heartbeat_at REAL NOT NULL,
+    expires_at        REAL NOT NULL,
+    PRIMARY KEY (namespace, change_index)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {CHANGE_LOG}_by_time ON {CHANGE_LOG} (logged_at);
+CREATE TRIGGER IF NOT EXISTS {TABLE}_inserted AFTER INSERT ON {TABLE} BEGIN
+    {_recorded("new", "'put'")}
+END;
+CREATE TRIGGER IF NOT EXISTS {TABLE}_updated AFTER UPDATE ON {TABLE}
+    WHEN {_WAS_EXPIRED} OR {_CHANGED} BEGIN
+    {_recorded("old", "'expired'", _WAS_EXPIRED)}
+    {_recorded("new", "'put'")}
+END;
+CREATE TRIGGER IF NOT EXISTS {TABLE}_deleted AFTER DELETE ON {TABLE} BEGIN
+    {_recorded("old", f"CASE WHEN old.expires_at <= {_NOW_SQL} THEN 'expired' ELSE 'removed' END")}
+END;
+"""
+# Every write to the records table is numbered by its triggers, in the same statement and
+# so the same transaction: every process on the file sees one sequence per namespace. A
+# namespace's ``latest`` is its catalog index, a service's ``latest`` its index (1, the
+# first index, before any change); ``dropped`` is the highest number trimmed from the log.
+_CATALOG_INDEX = f"SELECT latest FROM {SEQUENCES} WHERE namespace = :namespace"
+_SERVICE_INDEX = f"""SELECT latest FROM {SERVICE_INDEXES}
+    WHERE namespace = :namespace AND service_name = :service_name"""
+_SEQUENCE = f"SELECT latest, dropped FROM {SEQUENCES} WHERE namespace = :namespace"
+_CHANGES_SINCE = f"""SELECT change_index, kind, {_RECORD_COLUMNS_SQL} FROM {CHANGE_LOG}
+    WHERE namespace = :namespace AND change_index > :index ORDER BY change_index"""
+_ANY_EXPIRED = f"SELECT 1 FROM {TABLE} WHERE expires_at <= :now LIMIT 1"
+_MARK_TRIMMED = f"""UPDATE {SEQUENCES} SET dropped = coalesce((SELECT max(change_index)
+        FROM {CHANGE_LOG} WHERE {CHANGE_LOG}.namespace = {SEQUENCES}.namespace
+        AND logged_at < :cutoff), dropped)"""
+_TRIM = f"DELETE FROM {CHANGE_LOG} WHERE logged_at < :cutoff"
+#: Seconds between two looks of a process's watch thread for another commit.
+WATCH_POLL = 0.01
+#: Seconds between two trims of the change log by a process's watch thread.
+TRIM_INTERVAL = 5.0
+
 # ``tags`` is a JSON array of strings, ``metadata`` a JSON object of strings; times are
 # Unix seconds. ``replaced_expiry``: the expiry a write replaced (NULL for a row
 # inserted anew), so that one statement both writes a row and tells whether a live one
@@ -605,6 +709,7 @@ class SqliteStore(Store):
     name = "sqlite"
     OPTIONS = ("path", "timeout")
     shared_across_processes = True
+    watchable = True
 
     def __init__(
         self,
@@ -641,6 +746,12 @@ class SqliteStore(Store):
         self._checkpointer: _Checkpointer | None = None
         #: How many live instances of keyard 0.2.0's table this opening upgraded.
         self.upgraded = 0
+        # The change API: this process's waiters, woken by its watch thread (started by
+        # the first use of the API in the process), which also sweeps and trims.
+        self._waiters = Waiters(recheck=2.0)
+        self._watcher: PerProcess[BackgroundThread] = PerProcess()
+        #: Seconds of changes the log keeps (tests shorten it).
+        self.log_seconds = LOG_SECONDS
         try:
             self._make_parent_directory()
             # Create the file and schema now, and try a write, so a bad path fails here.
@@ -821,8 +932,111 @@ class SqliteStore(Store):
             for service_name, instances, up in rows
         ]
 
+    def change_index(self, namespace: str, service_name: str | None) -> int:
+        """One read of the index the triggers keep (see ``_CHANGE_SCHEMA``)."""
+        self._start_watching()
+        with self._reading() as db:
+            if service_name is None:
+                row = db.execute(_CATALOG_INDEX, {"namespace": namespace}).fetchone()
+            else:
+                parameters = {"namespace": namespace, "service_name": service_name}
+                row = db.execute(_SERVICE_INDEX, parameters).fetchone()
+        return int(row[0]) if row is not None else FIRST_INDEX
+
+    def wait_for_change(
+        self, namespace: str, service_name: str | None, index: int, timeout: float
+    ) -> int:
+        """Woken within WATCH_POLL of a commit of any process (``PRAGMA data_version``)."""
+        return self._waiters.wait(
+            lambda: self.change_index(namespace, service_name), index, timeout
+        )
+
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        """One read transaction: the namespace's sequence, then its log above ``index``."""
+        self._start_watching()
+        with self._reading() as db:
+            db.execute("BEGIN")
+            try:
+                row = db.execute(_SEQUENCE, {"namespace": namespace}).fetchone()
+                latest, dropped = row if row is not None else (FIRST_INDEX, 0)
+                if index < dropped or index > latest:
+                    raise IndexTooOld(
+                        f"index {index} is older than the change log of namespace "
+                        f"{namespace!r} keeps (or newer than its latest, {latest}): "
+                        "read everything"
+                    )
+                rows = db.execute(
+                    _CHANGES_SINCE, {"namespace": namespace, "index": index}
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+        return [Change(row[0], row[1], _record(row[2:])) for row in rows]
+
+    def _start_watching(self) -> None:
+        if self._watcher.here() is None and not self._closed:
+            self._watcher.get(self._make_watcher)
+
+    def _make_watcher(self) -> BackgroundThread:
+        thread = BackgroundThread(lambda: self._watch(thread), "keyard-sqlite-watch")
+        thread.start()
+        return thread
+
+    def _watch(self, thread: BackgroundThread) -> None:
+        """Wake the waiters at every commit; make expiries into changes; trim the log."""
+        connection: sqlite3.Connection | None = None
+        identity = (0, 0)
+        seen = None
+        next_sweep = next_trim = 0.0
+        backoff = Backoff(0.1, 2.0)
+        pause = WATCH_POLL
+        while not thread.wait(pause):
+            try:
+                if connection is None:
+                    connection, identity = self._open()
+                version = connection.execute(_DATA_VERSION).fetchone()[0]
+                if version != seen:
+                    seen = version
+                    self._waiters.notify()
+                clock = time.monotonic()
+                if clock >= next_sweep:
+                    next_sweep = clock + SWEEP_INTERVAL
+                    now = time.time()
+                    if connection.execute(_ANY_EXPIRED, {"now": now}).fetchone() is not None:
+                        with self._writing() as db:
+                            db.execute(_PURGE, {"now": now, "batch": PURGE_BATCH})
+                if clock >= next_trim:
+                    next_trim = clock + TRIM_INTERVAL
+                    self._trim_log(time.time() - self.log_seconds)
+                backoff.reset()
+                pause = WATCH_POLL
+            except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+                pause = backoff.next()
+                if backoff.failures == 1:
+                    log.warning("sqlite store: watching for changes failed: %s", exc)
+                if connection is not None:
+                    self._close_connection(connection, identity)
+                connection = None
+                self._waiters.notify()  # the waiters read again, and see the failure
+        if connection is not None:
+            self._close_connection(connection, identity)
+
+    def _trim_log(self, cutoff: float) -> None:
+        """Drop the changes logged before ``cutoff``, remembering the highest dropped."""
+        with self._writing() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(_MARK_TRIMMED, {"cutoff": cutoff})
+                db.execute(_TRIM, {"cutoff": cutoff})
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     def close(self) -> None:
         """Close every connection this store opened in this process."""
+        watcher = self._watcher.pop()
+        if watcher is not None:
+            watcher.stop(wait=2.0)
         pid = os.getpid()
         with self._connections_lock:
             self._closed = True
@@ -859,6 +1073,7 @@ class SqliteStore(Store):
                 if cache_kib is not None:
                     connection.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
                 connection.executescript(_SCHEMA)
+                connection.executescript(_CHANGE_SCHEMA)
                 identity = self._file_identity()
             except BaseException:
                 connection.close()

@@ -19,6 +19,9 @@ it without a keyard checkout.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -540,3 +543,210 @@ class StoreContract:
         assert sorted(results) == [False] * (threads - 1) + [True]
         assert locations(store.lookup(DEFAULT_NAMESPACE, "web", "1.0", time.time())) == [
             "contested"]
+
+
+# -- change indexes, waits and the change log (watchable stores) -----------------------
+
+#: How late a wake-up may come in these tests (the goal is far less: see bench/).
+WAKE_SLACK = 1.0
+
+
+def _writer_script(store_type: str, options: dict[str, object], instance: Instance) -> str:
+    """A Python program that opens the store anew and puts ``instance`` into it."""
+    return (
+        "import json, sys\n"
+        "from keyard.stores import create_store\n"
+        "from keyard.model import Instance\n"
+        f"store = create_store({store_type!r}, json.loads({json.dumps(options)!r}))\n"
+        f"fields = json.loads({json.dumps(instance._asdict())!r})\n"
+        "fields['tags'] = tuple(fields['tags'])\n"
+        "store.put(Instance(**fields))\n"
+        "store.close()\n"
+    )
+
+
+class WatchContract:
+    """The change API (:attr:`Store.watchable` stores). Mix into a class with a ``store``
+    fixture; a ``store_config`` fixture ``(store_type, options)`` of the same backend
+    (``None`` for a store of one process) runs the tests across processes."""
+
+    @pytest.fixture
+    def store_config(self) -> tuple[str, dict[str, object]] | None:
+        return None
+
+    @staticmethod
+    def indexes(store: Store, service: str = "web") -> tuple[int, int]:
+        return (store.change_index(DEFAULT_NAMESPACE, service),
+                store.change_index(DEFAULT_NAMESPACE, None))
+
+    def test_the_store_says_it_is_watchable(self, store: Store) -> None:
+        assert store.watchable is True
+
+    def test_indexes_start_at_one_or_more_never_zero(self, store: Store) -> None:
+        service, catalog = self.indexes(store, "never-registered")
+        assert service >= 1 and catalog >= 1
+        assert isinstance(service, int) and isinstance(catalog, int)
+
+    def test_every_change_moves_the_service_and_catalog_indexes_forward(
+        self, store: Store
+    ) -> None:
+        now = time.time()
+        first = make(location="a", now=now)
+        writes = {
+            "a registration": lambda: store.put(first),
+            "a second instance": lambda: store.put(make(location="b", now=now)),
+            "new tags": lambda: store.put(first._replace(tags=("t",))),
+            "new metadata": lambda: store.put(first._replace(metadata={"k": "v"})),
+            "a new weight": lambda: store.put(first._replace(weight=5)),
+            "a new status": lambda: store.put(first._replace(status="DOWN")),
+            "a new location": lambda: store.put(first._replace(location="moved")),
+            "an override": lambda: store.set_override(first.key, "OUT_OF_SERVICE", now),
+            "no override": lambda: store.set_override(first.key, None, now),
+            "a deregistration": lambda: store.deregister(first.key, now),
+        }
+        before = self.indexes(store)
+        for what, write in writes.items():
+            write()
+            after = self.indexes(store)
+            assert after[0] > before[0], f"{what} did not move the service's index"
+            assert after[1] > before[1], f"{what} did not move the catalog index"
+            before = after
+
+    def test_a_heartbeat_that_only_extends_the_lease_moves_no_index(self, store: Store) -> None:
+        now = time.time()
+        store.put(make(location="a", now=now, tags=("t",), metadata={"k": "v"}))
+        before = self.indexes(store)
+        store.put(make(location="a", now=now + 1), KEEP_ALL)
+        store.put(make(location="a", now=now + 2, ttl=30), frozenset({"status", "tags",
+                                                                      "metadata", "weight"}))
+        assert self.indexes(store) == before
+
+    def test_a_change_to_another_service_leaves_this_ones_index(self, store: Store) -> None:
+        store.put(make(service="web"))
+        web, catalog = self.indexes(store)
+        store.put(make(service="db"))
+        assert self.indexes(store, "web")[0] == web
+        assert self.indexes(store, "db")[1] > catalog
+
+    def test_an_index_is_the_same_for_a_second_read(self, store: Store) -> None:
+        store.put(make())
+        assert self.indexes(store) == self.indexes(store)
+
+    def test_a_wait_on_a_moved_index_answers_at_once(self, store: Store) -> None:
+        store.put(make())
+        current = store.change_index(DEFAULT_NAMESPACE, "web")
+        started = time.monotonic()
+        assert store.wait_for_change(DEFAULT_NAMESPACE, "web", current - 1, 10) == current
+        assert store.wait_for_change(DEFAULT_NAMESPACE, None, 0, 10) >= 1
+        assert time.monotonic() - started < 1.0
+
+    def test_a_wait_with_no_change_ends_at_its_timeout(self, store: Store) -> None:
+        current = store.change_index(DEFAULT_NAMESPACE, "web")
+        started = time.monotonic()
+        assert store.wait_for_change(DEFAULT_NAMESPACE, "web", current, 0.5) == current
+        took = time.monotonic() - started
+        assert 0.45 <= took < 0.5 + WAKE_SLACK
+
+    def test_a_write_wakes_a_waiter_on_that_service_and_one_on_the_catalog(
+        self, store: Store
+    ) -> None:
+        service, catalog = self.indexes(store)
+        woken: dict[str, tuple[int, float]] = {}
+
+        def wait(name: str, service_name: str | None, index: int) -> None:
+            found = store.wait_for_change(DEFAULT_NAMESPACE, service_name, index, 10)
+            woken[name] = (found, time.monotonic())
+
+        waiters = [threading.Thread(target=wait, args=("web", "web", service)),
+                   threading.Thread(target=wait, args=("catalog", None, catalog))]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.2)
+        assert woken == {}, "nothing changed yet"
+        store.put(make())
+        wrote = time.monotonic()
+        for waiter in waiters:
+            waiter.join(timeout=15)
+        assert set(woken) == {"web", "catalog"}
+        assert woken["web"][0] == store.change_index(DEFAULT_NAMESPACE, "web") > service
+        assert woken["catalog"][0] > catalog
+        assert max(at for _, at in woken.values()) - wrote < WAKE_SLACK
+
+    @pytest.mark.slow
+    def test_an_expiry_moves_the_index_and_wakes_a_waiter_with_no_request(
+        self, store: Store
+    ) -> None:
+        brief = make(location="brief", ttl=1)
+        store.put(brief)
+        store.put(make(location="lasting", ttl=60))
+        index = store.change_index(DEFAULT_NAMESPACE, "web")
+        found = store.wait_for_change(DEFAULT_NAMESPACE, "web", index, 5)
+        late = time.time() - brief.expires_at
+        assert found > index, "the expiry moved the index"
+        assert -0.05 <= late < 1.0, f"woken {late:.3f} s after the expiry"
+        kinds = [(c.kind, c.instance.location) for c in
+                 store.changes_since(DEFAULT_NAMESPACE, index)]
+        assert kinds == [("expired", "brief")]
+
+    def test_the_change_log_says_what_changed_since_an_index(self, store: Store) -> None:
+        now = time.time()
+        start = store.change_index(DEFAULT_NAMESPACE, None)
+        a, b = make(location="a", now=now), make(service="db", location="b", now=now)
+        store.put(a)
+        store.put(b)
+        store.put(a, KEEP_ALL)  # a heartbeat: no change
+        store.set_override(a.key, "DOWN", now)
+        store.deregister(b.key, now)
+        changes = store.changes_since(DEFAULT_NAMESPACE, start)
+        assert [(c.kind, c.instance.service_name, c.instance.location) for c in changes] == [
+            ("put", "web", "a"), ("put", "db", "b"), ("put", "web", "a"),
+            ("removed", "db", "b")]
+        assert changes[2].instance.status_override == "DOWN"
+        same_record(changes[3].instance, b)
+        numbers = [c.change_index for c in changes]
+        assert numbers == sorted(numbers) and numbers[0] > start
+        catalog = store.change_index(DEFAULT_NAMESPACE, None)
+        assert numbers[-1] <= catalog, "a change's number is at most the catalog index after it"
+        assert store.changes_since(DEFAULT_NAMESPACE, numbers[1]) == changes[2:]
+        assert store.changes_since(DEFAULT_NAMESPACE, numbers[-1]) == []
+        assert store.changes_since(DEFAULT_NAMESPACE, catalog) == []
+
+    def test_an_index_newer_than_the_log_is_too_old_read_everything(self, store: Store) -> None:
+        from keyard.errors import IndexTooOld
+
+        latest = store.change_index(DEFAULT_NAMESPACE, None)
+        with pytest.raises(IndexTooOld, match="read everything"):
+            store.changes_since(DEFAULT_NAMESPACE, latest + 1000)
+
+    def test_namespaces_keep_indexes_and_logs_of_their_own(self, store: Store) -> None:
+        start = store.change_index("other", None)
+        store.put(make(namespace="other"))
+        assert store.change_index("other", None) > start
+        mine = store.changes_since(DEFAULT_NAMESPACE, store.change_index(DEFAULT_NAMESPACE, None))
+        assert mine == []
+
+    def test_a_write_in_another_process_wakes_a_waiter(
+        self, store: Store, store_config: tuple[str, dict[str, object]] | None
+    ) -> None:
+        if store_config is None:
+            pytest.skip("the store is not shared across processes")
+        index = store.change_index(DEFAULT_NAMESPACE, "web")
+        woken: list[tuple[int, float]] = []
+
+        def wait() -> None:
+            woken.append((store.wait_for_change(DEFAULT_NAMESPACE, "web", index, 20),
+                          time.monotonic()))
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        instance = make(location="from-another-process")
+        subprocess.run([sys.executable, "-c", _writer_script(*store_config, instance)],
+                       check=True, timeout=60)
+        wrote = time.monotonic()
+        waiter.join(timeout=25)
+        assert woken, "the waiter was not woken"
+        assert woken[0][0] > index
+        assert woken[0][1] - wrote < WAKE_SLACK
+        assert woken[0][0] == store.change_index(DEFAULT_NAMESPACE, "web")
+        assert [c.instance.location for c in store.changes_since(DEFAULT_NAMESPACE, index)] == [
+            "from-another-process"]

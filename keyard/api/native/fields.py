@@ -12,6 +12,7 @@ field per key (``metadata=`` alone clears it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from keyard.errors import InvalidInput
@@ -21,6 +22,7 @@ from keyard.model import (
     InstanceFilter,
     Registration,
 )
+from keyard.registry import DEFAULT_WAIT, MAX_WAIT
 
 Fields = Mapping[str, object]
 
@@ -29,6 +31,8 @@ NEW_WRITE_FIELDS = ("instance_id", "status", "tags", "metadata", "weight")
 WRITE_FIELDS = LEGACY_WRITE_FIELDS + NEW_WRITE_FIELDS
 DELETE_FIELDS = ("service_name", "version", "location", "instance_id")
 FILTER_FIELDS = ("version", "status", "tag")
+#: The fields of a blocking query (``index``, ``wait``).
+BLOCKING_FIELDS = ("index", "wait")
 LOOKUP_FIELDS = ("service_name", "load_balancer_strategy", *FILTER_FIELDS)
 METADATA_PREFIX = "metadata."
 
@@ -184,3 +188,39 @@ def instance_filter(fields: Fields, *, default_statuses: frozenset[str] | None) 
                     )
             statuses = frozenset(named)
     return InstanceFilter(version=version, tags=tags, statuses=statuses)
+
+
+_WAIT = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)?")
+_WAIT_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
+
+
+def blocking(fields: Fields) -> tuple[int | None, float]:
+    """A blocking query's ``index`` (None when not given) and ``wait`` in seconds.
+
+    ``index`` is a whole number of at least 0; ``wait`` is seconds (``30``), or with a
+    unit (``30s``, ``1500ms``, ``5m``) up to :data:`~keyard.registry.MAX_WAIT`, 60 s by
+    default. ``wait`` without ``index`` is refused: it would wait for nothing.
+    """
+    index_text = optional_text(fields, "index")
+    wait_text = optional_text(fields, "wait")
+    if index_text is None:
+        if wait_text is not None:
+            raise InvalidInput("wait is given without index; a blocking query needs both "
+                               "(index: the X-Keyard-Index of the answer last seen)")
+        return None, DEFAULT_WAIT
+    text_index = index_text.strip()
+    if not (text_index.isascii() and text_index.isdigit()) or len(text_index) > 18:
+        raise InvalidInput(
+            f"index must be a whole number of at least 0 (an X-Keyard-Index), got "
+            f"{_short(index_text)}"
+        )
+    if wait_text is None:
+        return int(text_index), DEFAULT_WAIT
+    found = _WAIT.fullmatch(wait_text.strip())
+    seconds = float(found[1]) * _WAIT_UNITS[found[2]] if found else None
+    if seconds is None or seconds > MAX_WAIT:
+        raise InvalidInput(
+            f"wait must be seconds from 0 to {MAX_WAIT:g} (30, 30s, 1500ms or 5m), got "
+            f"{_short(wait_text)}"
+        )
+    return int(text_index), seconds

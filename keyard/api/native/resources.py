@@ -121,13 +121,33 @@ class KeyardResource(NativeResource):
         }
 
 
+#: The header that carries an answer's change index (as Consul's ``X-Consul-Index``).
+INDEX_HEADER = "X-Keyard-Index"
+
+
+def _answer_index(resp: falcon.Response, body: dict[str, object], index: int | None) -> None:
+    """Put the change index in the header and the body (when the store keeps one)."""
+    if index is not None:
+        resp.set_header(INDEX_HEADER, str(index))
+        body["index"] = index
+    resp.media = body
+
+
 class ServicesResource(NativeResource):
-    """``/keyard/services``: every service with a live instance, and how many are UP."""
+    """``/keyard/services``: every service with a live instance, and how many are UP.
+
+    A blocking query with ``?index=N&wait=30s`` (see :meth:`Registry.watch_services`).
+    """
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        fields.reject_unknown(read_fields(req), ())
-        summaries = self.registry.services(req.context.namespace)
-        resp.media = {"services": [codec.summary_view(summary) for summary in summaries]}
+        given = read_fields(req)
+        fields.reject_unknown(given, fields.BLOCKING_FIELDS)
+        index, wait = fields.blocking(given)
+        watched = self.registry.watch_services(req.context.namespace, index, wait)
+        body: dict[str, object] = {
+            "services": [codec.summary_view(summary) for summary in watched.services]
+        }
+        _answer_index(resp, body, watched.index)
 
     on_head = on_get
 
@@ -136,16 +156,22 @@ class ServiceResource(NativeResource):
     """``/keyard/services/{service_name}``: the service's live instances as full records.
 
     Every status by default (``status=`` narrows it, as on ``/keyard``), so that an
-    operator sees the instances in maintenance too.
+    operator sees the instances in maintenance too. A blocking query with
+    ``?index=N&wait=30s`` (see :meth:`Registry.watch_instances`).
     """
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         name = segment(req, service_name, "service_name")
         given = read_fields(req)
-        fields.reject_unknown(given, fields.FILTER_FIELDS)
+        fields.reject_unknown(given, (*fields.FILTER_FIELDS, *fields.BLOCKING_FIELDS))
         where = fields.instance_filter(given, default_statuses=None)
-        found = self.registry.instances(req.context.namespace, name, where)
-        resp.media = {"service_name": name, "instances": [codec.record_view(i) for i in found]}
+        index, wait = fields.blocking(given)
+        watched = self.registry.watch_instances(req.context.namespace, name, where, index, wait)
+        body: dict[str, object] = {
+            "service_name": name,
+            "instances": [codec.record_view(i) for i in watched.instances],
+        }
+        _answer_index(resp, body, watched.index)
 
     on_head = on_get
 

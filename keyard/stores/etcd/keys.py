@@ -113,9 +113,16 @@ def instance_key(base_path: str, namespace: str, service_name: str, instance_id:
     return f"{service_path(base_path, namespace, service_name)}/{encode_part(instance_id)}"
 
 
+#: Seconds etcd's own TTL outlives a lease: the store's sweeper deletes an expired
+#: instance first, and records its expiry (keyard.stores.etcd.changes); etcd's TTL is
+#: the backstop when no keyard process sweeps. Reads hide an expired instance anyway.
+EXPIRY_MARGIN = 2
+
+
 def etcd_ttl(seconds: float) -> int:
-    """etcd's TTL for a lease of ``seconds`` left: whole seconds, at least 1 (etcd's minimum)."""
-    return max(1, math.ceil(seconds))
+    """etcd's TTL for a lease of ``seconds`` left: whole seconds, at least 1 (etcd's minimum),
+    and :data:`EXPIRY_MARGIN` more."""
+    return max(1, math.ceil(seconds)) + EXPIRY_MARGIN
 
 
 # -- values ----------------------------------------------------------------------

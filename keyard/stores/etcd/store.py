@@ -34,9 +34,11 @@ import etcd
 from keyard.errors import ConfigError, StoreUnavailable
 from keyard.model import UP, Instance, InstanceKey, ServiceSummary
 from keyard.stores import options as opt
-from keyard.stores.background import PerProcess
-from keyard.stores.base import Store, merged, ordered
+from keyard.stores.background import BackgroundThread, PerProcess
+from keyard.stores.base import Store, lease_only, merged, ordered
+from keyard.stores.changes import EXPIRED, PUT, REMOVED, Change, Sweeper
 from keyard.stores.etcd.cache import EtcdCache, leaves
+from keyard.stores.etcd.changes import SWEEP_EVERY, EtcdChanges
 from keyard.stores.etcd.client import DEFAULT_TIMEOUT, DRIVER_ERRORS, INDEX_HEADER, error_index
 from keyard.stores.etcd.cluster import Cluster, parse_hosts
 from keyard.stores.etcd.keys import (
@@ -114,6 +116,7 @@ class EtcdStore(Store):
     name = "etcd"
     OPTIONS = OPTIONS
     shared_across_processes = True
+    watchable = True
 
     def __init__(
         self,
@@ -155,6 +158,9 @@ class EtcdStore(Store):
         self._cache: PerProcess[EtcdCache] = PerProcess()
         self._upgraded = False  # 0.2.0's keys converted (a forked child inherits that)
         self._upgrade_lock: PerProcess[threading.Lock] = PerProcess()  # one for each process
+        #: The change indexes, log and waits (keyard.stores.etcd.changes).
+        self.changes = EtcdChanges(self._cluster, self.base_path, self.timeout)
+        self._watching: PerProcess[tuple[BackgroundThread, Sweeper]] = PerProcess()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EtcdStore:
@@ -222,6 +228,8 @@ class EtcdStore(Store):
                 else:
                     written = self._cluster.call(deadline, "PUT", path, **fields, prevIndex=index)
                 self._wrote(key, written, stored)
+                if not lease_only(live, stored):
+                    self.changes.record(PUT, stored)
                 return answer
             except _CONFLICTS:
                 decided = answer  # in case the failed compare was our own resent write
@@ -268,6 +276,8 @@ class EtcdStore(Store):
             except etcd.EtcdCompareFailed:
                 continue  # refreshed meanwhile: decide again on the new record
             self._wrote(etcd_key, answer, None)
+            if found is not None:
+                self.changes.record(REMOVED if live is not None else EXPIRED, found)
             if live is not None:
                 self._remove_empty_directories(key, deadline)
             return live
@@ -301,7 +311,38 @@ class EtcdStore(Store):
                 decided = stored  # in case the failed compare was our own resent write
                 continue
             self._wrote(etcd_key, written, stored)
+            self.changes.record(PUT, stored)
             return stored
+
+    @_at_the_edge
+    def change_index(self, namespace: str, service_name: str | None) -> int:
+        """One quorum read: the ``modifiedIndex`` of the service's (or catalog's) change key."""
+        self._start_watching()
+        return self.changes.index(namespace, service_name)
+
+    def wait_for_change(
+        self, namespace: str, service_name: str | None, index: int, timeout: float
+    ) -> int:
+        """Woken by the process's watch of the change keys (see keyard.stores.etcd.changes)."""
+        return self.changes.waiters.wait(
+            lambda: self.change_index(namespace, service_name), index, timeout
+        )
+
+    @_at_the_edge
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        self._start_watching()
+        return self.changes.since(namespace, index)
+
+    def _start_watching(self) -> None:
+        if self._watching.here() is None:
+            self._watching.get(self._make_watching)
+
+    def _make_watching(self) -> tuple[BackgroundThread, Sweeper]:
+        thread = BackgroundThread(lambda: self.changes.run(thread), "keyard-etcd-watch")
+        sweeper = Sweeper(self.changes.sweep_and_trim, "keyard-etcd-sweeper", SWEEP_EVERY)
+        thread.start()
+        sweeper.start()
+        return thread, sweeper
 
     def change_stamp(self, namespace: str, service_name: str) -> Hashable | None:
         """With ``cache``, the cache's (another process's writes show after its lag)."""
@@ -351,6 +392,10 @@ class EtcdStore(Store):
         return sorted(ServiceSummary(name, n, up) for name, (n, up) in counts.items())
 
     def close(self) -> None:
+        watching = self._watching.pop()
+        if watching is not None:
+            watching[1].stop()
+            watching[0].stop(wait=0.5)
         cache = self._cache.pop()
         if cache is not None:
             cache.stop()

@@ -44,6 +44,9 @@ from keyard.stores.etcd.keys import (
 
 log = logging.getLogger(__name__)
 
+#: The change keys' directory (keyard.stores.etcd.changes): never 0.2.0's.
+WATCH = "%watch"
+
 #: How often one old key is converted again when a 0.2.0 process keeps changing it.
 _ATTEMPTS = 5
 _REMOVALS = frozenset({"delete", "compareAndDelete", "expire"})
@@ -63,7 +66,9 @@ def convert_old_keys(cluster: Cluster, base_path: str, timeout: float) -> int:
     converted = 0
     for child in top.get("nodes") or ():
         child_key = child.get("key")
-        if not isinstance(child_key, str) or child_key == f"{base_path}/{NAMESPACES}":
+        if not isinstance(child_key, str) or child_key in (
+            f"{base_path}/{NAMESPACES}", f"{base_path}/{WATCH}"
+        ):
             continue
         try:
             tree = cluster.read(
