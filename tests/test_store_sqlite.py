@@ -724,6 +724,7 @@ def test_mapping_the_wal_index_keeps_the_locks_sqlite_holds_on_it(db_path: Path)
         assert not _index_lock_is_free(db_path)
         second.close()  # another store of this process, on the same file
         assert not _index_lock_is_free(db_path)
+        first.lookup(NS, "web", "1.0", now)  # its look at the file is due after 0.25 s
         assert first.change_stamp(NS, "web") is not None
         first.put(make(location="b", now=now))
         assert locations(first.lookup(NS, "web", "1.0", now)) == ["a", "b"]

@@ -683,7 +683,8 @@ class WatchContract:
         found = store.wait_for_change(DEFAULT_NAMESPACE, "web", index, 5)
         late = time.time() - brief.expires_at
         assert found > index, "the expiry moved the index"
-        assert -0.05 <= late < 1.0, f"woken {late:.3f} s after the expiry"
+        # The sweeper looks every 0.2 s (the 1 s promise); the slack is a loaded machine's.
+        assert -0.05 <= late < 1.0 + WAKE_SLACK, f"woken {late:.3f} s after the expiry"
         kinds = [(c.kind, c.instance.location) for c in
                  store.changes_since(DEFAULT_NAMESPACE, index)]
         assert kinds == [("expired", "brief")]
