@@ -679,86 +679,6 @@ class _WalIndexMaps:
 _WAL_INDEX_MAPS = _WalIndexMaps()
 
 
-#: Seconds of the writing connection's first sleep while another process holds the
-#: database's write lock, doubled at each retry up to BUSY_LONGEST_WAIT. SQLite's own
-#: busy handler first sleeps a whole millisecond, then 2, 5, 10 ms...: a write lock is
-#: held for tens of microseconds, and two processes writing health checks spent half
-#: their time asleep (2 x 2,900/s where one alone did 6,700/s).
-BUSY_FIRST_WAIT = 0.00002
-BUSY_LONGEST_WAIT = 0.0005
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-
-
-class _Writer:
-    """The writing connection, whose statements wait for another process's write lock
-    in short sleeps (see BUSY_FIRST_WAIT), up to the store's timeout, then raise.
-
-    A statement that SQLite answers SQLITE_BUSY did nothing (an autocommit write or a
-    ``BEGIN IMMEDIATE`` that did not get the lock; in WAL mode a transaction that
-    holds the lock is never busy), so trying it again is safe.
-    """
-
-    __slots__ = ("connection", "timeout")
-
-    def __init__(self, connection: sqlite3.Connection, timeout: float) -> None:
-        self.connection, self.timeout = connection, timeout
-
-    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
-        try:
-            return self.connection.execute(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
-        deadline = time.monotonic() + self.timeout
-        wait = BUSY_FIRST_WAIT
-        while True:
-            time.sleep(wait)
-            try:
-                return self.connection.execute(sql, parameters)
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() >= deadline:
-                    raise
-            wait = min(wait * 2, BUSY_LONGEST_WAIT)
-
-
-#: How many writes one transaction of a group commit carries at most.
-GROUP_LIMIT = 64
-
-
-class _PendingPut:
-    """One thread's :meth:`SqliteStore.put`, waiting to be written in a group commit.
-
-    Settled once, by the thread that wrote its group: ``rows`` (what the statement
-    returned) once the group's transaction committed, or ``error``. ``settled`` is
-    held until then.
-    """
-
-    __slots__ = ("parameters", "extend", "rows", "error", "settled")
-
-    def __init__(self, parameters: dict[str, Any], extend: bool) -> None:
-        self.parameters, self.extend = parameters, extend
-        self.rows: list[tuple[Any, ...]] | None = None
-        self.error: BaseException | None = None
-        self.settled = threading.Lock()
-        self.settled.acquire()
-
-    @property
-    def done(self) -> bool:
-        return self.rows is not None or self.error is not None
-
-    def outcome(self) -> list[tuple[Any, ...]]:
-        """The rows, or the error (a group's StoreUnavailable anew for each of its puts)."""
-        if self.error is None:
-            assert self.rows is not None
-            return self.rows
-        if isinstance(self.error, StoreUnavailable):
-            raise StoreUnavailable(str(self.error)) from self.error.__cause__
-        raise self.error
-
-
 class _Slot:
     """One connection of this process (the reading one, or the writing one).
 
@@ -812,10 +732,6 @@ class SqliteStore(Store):
         self._answers = _Answers()  # the reading connection's; used under the read lock
         self._read_lock = threading.Lock()  # see _turn
         self._write_lock = threading.Lock()
-        # Group commit (see put): the writes waiting for the writing connection.
-        self._pending: list[_PendingPut] = []
-        self._pending_lock = threading.Lock()
-        self._pending_pid = os.getpid()
         self._connections_lock = threading.Lock()
         # Every open connection, with the process that opened it. Kept referenced so
         # that one inherited through fork() is never closed by the child.
@@ -883,12 +799,7 @@ class SqliteStore(Store):
 
     def put(self, instance: Instance, keep: frozenset[str] = frozenset()) -> tuple[Instance, bool]:
         """Atomic: one statement, merging in SQL as :func:`~keyard.stores.base.merged` does
-        (a health check that only extends a live lease tries the narrower _EXTEND first).
-
-        Returns once the statement is committed; the puts of other threads of the
-        process that wait meanwhile are committed with it, in one transaction (see
-        :meth:`_write_put`).
-        """
+        (a health check that only extends a live lease tries the narrower _EXTEND first)."""
         now = instance.last_heartbeat_at
         tags, metadata = _tags_text(instance.tags), _metadata_text(instance.metadata)
         parameters = {
@@ -912,7 +823,11 @@ class SqliteStore(Store):
             "keep_metadata": "metadata" in keep,
             "keep_weight": "weight" in keep,
         }
-        rows = self._write_put(_PendingPut(parameters, keep >= _LEASE_ONLY), now)
+        with self._writing() as db:
+            rows = db.execute(_EXTEND, parameters).fetchall() if keep >= _LEASE_ONLY else None
+            if not rows:
+                rows = db.execute(_PUT, parameters).fetchall()  # all: the statement completes
+            self._maybe_purge(db, now)
         (
             status,
             status_override,
@@ -1271,7 +1186,6 @@ class SqliteStore(Store):
         connection, identity = self._open(WRITER_CACHE_KIB if write else None)
         if write:
             connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
-            connection.execute("PRAGMA busy_timeout = 0")  # _Writer waits itself
         with self._connections_lock:
             self._connections.append((pid, connection, identity))
             checkpointer = self._checkpointer
@@ -1309,36 +1223,22 @@ class SqliteStore(Store):
             self._connections = [entry for entry in self._connections if entry[1] is not connection]
         self._close_connection(connection, slot.identity)
 
-    def _translated(self, exc: BaseException, slot: _Slot) -> BaseException:
-        """keyard's error for the driver's ``exc`` (``exc`` itself if it has none); a
-        failure of the database discards the slot's connection."""
-        if isinstance(exc, UnicodeEncodeError):
-            failure: BaseException = InvalidInput(
-                f"text that is not valid Unicode (a lone surrogate?) cannot be stored: {exc}"
-            )
-        elif isinstance(exc, (sqlite3.ProgrammingError, sqlite3.IntegrityError,
-                              sqlite3.InterfaceError)):
-            return exc
-        elif isinstance(exc, (sqlite3.DatabaseError, OSError)):  # locked past the timeout...
-            self._discard_connection(slot)
-            why = _why_unopenable(self.path) if "unable to open" in str(exc) else None
-            failure = StoreUnavailable(
-                f"sqlite store at {str(self.path)!r}: {exc}" + (f": {why}" if why else "")
-            )
-        else:
-            return exc
-        failure.__cause__ = exc
-        return failure
-
     @contextlib.contextmanager
     def _translated_failures(self, slot: _Slot) -> Iterator[None]:
         try:
             yield
-        except BaseException as exc:
-            failure = self._translated(exc, slot)
-            if failure is exc:
-                raise
-            raise failure from exc
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"text that is not valid Unicode (a lone surrogate?) cannot be stored: {exc}"
+            ) from exc
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError):
+            raise
+        except (sqlite3.DatabaseError, OSError) as exc:  # locked past the timeout, unwritable...
+            self._discard_connection(slot)
+            why = _why_unopenable(self.path) if "unable to open" in str(exc) else None
+            raise StoreUnavailable(
+                f"sqlite store at {str(self.path)!r}: {exc}" + (f": {why}" if why else "")
+            ) from exc
 
     @contextlib.contextmanager
     def _turn(self, lock: threading.Lock, what: str) -> Iterator[None]:
@@ -1369,102 +1269,16 @@ class SqliteStore(Store):
             yield self._connection(self._reader)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[_Writer]:
+    def _writing(self) -> Iterator[sqlite3.Connection]:
         """This thread's turn on the writing connection: statements that each commit.
 
         The reading connection's ``data_version`` counts these commits, as it
         does those of every other connection.
         """
         with self._translated_failures(self._writer), self._turn(self._write_lock, "write"):
-            yield _Writer(self._connection(self._writer, write=True), self.timeout)
+            yield self._connection(self._writer, write=True)
 
-    def _write_put(self, entry: _PendingPut, now: float) -> list[tuple[Any, ...]]:
-        """Write ``entry`` and return its rows, in a group commit with the puts of the
-        process's other threads.
-
-        The thread whose turn on the writing connection comes writes every put
-        waiting by then (up to GROUP_LIMIT a transaction, until its own is written),
-        in one transaction, and settles each: while one transaction runs, the
-        threads that arrive queue up behind it, so a group is as large as the load
-        makes it and nothing waits for a timer. A thread whose turn comes after its
-        put was written returns at once. A put in a group answers only after its
-        transaction committed; a put that fails on its own (text SQLite cannot
-        store) fails alone, and a group that fails answers each of its puts with
-        the error (StoreUnavailable). A put written alone is one statement that
-        commits, as without a group. A put is in the queue or in a group being
-        written, never both: one that leaves the queue unwritten (no turn within
-        the timeout) is never written.
-        """
-        pid = os.getpid()
-        with self._pending_lock:
-            if self._pending_pid != pid:  # inherited through fork(): the parent's
-                self._pending, self._pending_pid = [], pid
-            self._pending.append(entry)
-        try:
-            with self._translated_failures(self._writer), self._turn(self._write_lock, "write"):
-                db = None
-                while not entry.done:
-                    db = _Writer(self._connection(self._writer, write=True), self.timeout)
-                    with self._pending_lock:
-                        group = self._pending[:GROUP_LIMIT]
-                        del self._pending[:GROUP_LIMIT]
-                    self._commit_group(db, group)
-                if db is not None and entry.error is None:
-                    self._maybe_purge(db, now)
-        except BaseException as exc:
-            with self._pending_lock:
-                queued = entry in self._pending
-                if queued:
-                    self._pending.remove(entry)
-            if queued or not isinstance(exc, Exception):
-                raise  # never written, or interrupted
-            # Else it is in a group, which settles it: a purge after it failed (the
-            # next write purges), or its turn came too late while another thread wrote it.
-            entry.settled.acquire()
-        return entry.outcome()
-
-    def _commit_group(self, db: _Writer, group: list[_PendingPut]) -> None:
-        """Write ``group`` in one transaction (a lone put: its own statement), and settle
-        each of its puts; raises only what is not an Exception (after settling them)."""
-        try:
-            if len(group) == 1:
-                group[0].rows = self._put_rows(db, group[0])
-                return
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for entry in group:
-                    try:
-                        entry.rows = self._put_rows(db, entry)
-                    except (UnicodeEncodeError, sqlite3.IntegrityError, sqlite3.ProgrammingError,
-                            sqlite3.InterfaceError) as exc:
-                        entry.error = exc  # this statement did nothing; the others stand
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.connection.execute("ROLLBACK")
-                raise
-        except BaseException as exc:
-            failure = self._translated(exc, self._writer)
-            if not isinstance(failure, Exception):
-                failure = StoreUnavailable(f"sqlite store: the write was interrupted ({exc!r})")
-            for entry in group:
-                entry.rows, entry.error = None, entry.error or failure
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for entry in group:
-                if isinstance(entry.error, UnicodeEncodeError):
-                    entry.error = self._translated(entry.error, self._writer)
-                entry.settled.release()
-
-    @staticmethod
-    def _put_rows(db: _Writer, entry: _PendingPut) -> list[tuple[Any, ...]]:
-        rows = db.execute(_EXTEND, entry.parameters).fetchall() if entry.extend else None
-        if not rows:
-            rows = db.execute(_PUT, entry.parameters).fetchall()  # all: the statement completes
-        return rows
-
-    def _maybe_purge(self, db: _Writer, now: float) -> None:
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
         """Delete up to PURGE_BATCH expired rows, if the last purge is old enough."""
         clock = time.monotonic()
         if clock < self._next_purge:
