@@ -529,6 +529,85 @@ def test_a_read_only_database_file_fails_at_creation(tmp_path: Path) -> None:
     assert "cannot hold a database: attempt to write a readonly database" in done.stdout
 
 
+def test_a_write_waits_out_another_connections_write_lock_within_the_timeout(
+    db_path: Path,
+) -> None:
+    """keyard waits for another process's write lock itself (short sleeps, not SQLite's):
+    the write lands once the lock is let go, and its answer is the usual one."""
+    store = SqliteStore(db_path, timeout=5)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    outcome: list[bool] = []
+    try:
+        store.put(make(location="before"))
+        blocker.execute("BEGIN IMMEDIATE")
+        writer = threading.Thread(
+            target=lambda: outcome.append(store.put(make(location="during"))[1])
+        )
+        writer.start()
+        time.sleep(0.2)
+        assert outcome == [], "the lock is held: the write waits"
+        blocker.execute("COMMIT")
+        writer.join(timeout=30)
+        assert outcome == [True]
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["before", "during"]
+    finally:
+        blocker.close()
+        store.close()
+
+
+def _heartbeat_many(path: str, worker: int, count: int, results: multiprocessing.Queue) -> None:
+    store = SqliteStore(path)
+    failures: list[str] = []
+
+    def beat(thread: int) -> None:
+        for n in range(count):
+            try:
+                instance = make(location=f"{n}", now=time.time())
+                if store.put(instance, KEEP_ALL)[1]:
+                    failures.append(f"{n} was new")
+                store.put(make(location=f"{worker}-{thread}-{n}"))
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=beat, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    results.put(failures)
+
+
+def test_heartbeats_from_threads_of_two_processes_all_land(db_path: Path) -> None:
+    """Two processes of four threads each write to one file at once: every heartbeat
+    answers (none is new or an error), and every registration is there."""
+    count = 50
+    store = SqliteStore(db_path)
+    try:
+        for n in range(count):
+            store.put(make(location=f"{n}"))
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        workers = [
+            context.Process(target=_heartbeat_many, args=(str(db_path), w, count, results))
+            for w in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+            assert worker.exitcode == 0
+        assert outcomes == [[], []]
+        found = set(locations(store.lookup(NS, "web", None, time.time())))
+        expected = {f"{n}" for n in range(count)} | {
+            f"{w}-{t}-{n}" for w in range(2) for t in range(4) for n in range(count)
+        }
+        assert found == expected
+    finally:
+        store.close()
+
+
 def test_the_store_says_it_is_shared_across_processes(db_path: Path) -> None:
     assert SqliteStore.shared_across_processes is True
     store = SqliteStore(db_path)
