@@ -48,7 +48,7 @@ FULL = Plan(
     load=http_load.Load(seconds=3, repeats=5),
     http_population=10_000,
     memory_instances=100_000,
-    candidates=3,
+    candidates=4,
 )
 QUICK = Plan(
     local_sizes=(100, 1_000),
@@ -79,7 +79,9 @@ def servers_for(store: str) -> list[servers.Server]:
 
 
 #: granian settings compared on the default store, to choose ``keyard serve``'s defaults.
-CANDIDATES = (servers.granian(1, 4), servers.granian(2, 1), servers.granian(2, 8))
+CANDIDATES = (
+    servers.granian(1, 4), servers.granian(2, 1), servers.granian(2, 2), servers.granian(2, 8)
+)
 
 
 def machine() -> dict[str, Any]:
@@ -116,10 +118,12 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
         "metadata key each)"
     )
     per = in_process.memory_per_instance(plan.memory_instances)
-    print(f"  {per:.0f} bytes per instance")
+    logged = in_process.memory_per_instance(plan.memory_instances, keep_log=True) - per
+    print(f"  {per:.0f} bytes per instance, and {logged:.0f} per change in the change log")
     results["memory"] = {
         "instances": plan.memory_instances,
         "bytes_per_instance": per,
+        "log_bytes_per_change": logged,
         "tags_per_instance": population.TAGS_PER_INSTANCE,
         "metadata_keys_per_instance": population.METADATA_KEYS_PER_INSTANCE,
     }

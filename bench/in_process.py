@@ -187,13 +187,19 @@ def curve(store_name: str, sizes: Sequence[int], calls: int, workdir: Path) -> l
     return points
 
 
-def memory_per_instance(count: int) -> float:
+def memory_per_instance(count: int, keep_log: bool = False) -> float:
     """Bytes the memory store holds per registered instance, its strings included.
 
     Each instance with the population's tags and metadata key, in records as
-    the registry makes them (fresh strings each, as requests make).
+    the registry makes them (fresh strings each, as requests make). The store's
+    change log keeps the changes of the last 3 minutes, so that right after
+    ``count`` registrations it holds one entry per instance: ``keep_log=False``
+    measures a registry in its steady state (the log trimmed at each change),
+    ``keep_log=True`` the registrations' first 3 minutes.
     """
     store = MemoryStore()
+    if not keep_log:
+        store.log_seconds = 0.0
     gc.collect()
     tracemalloc.start()
     try:

@@ -146,7 +146,13 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
         BYTES_PER_INSTANCE,
         memory["bytes_per_instance"],
         f"{memory['instances']:,} instances, {memory['tags_per_instance']} tags and "
-        f"{memory['metadata_keys_per_instance']} metadata key each",
+        f"{memory['metadata_keys_per_instance']} metadata key each"
+        + (
+            f"; the change log of the last 3 minutes adds {memory['log_bytes_per_change']:,.0f}"
+            " bytes per change"
+            if "log_bytes_per_change" in memory
+            else ""
+        ),
         unit=" bytes",
         at_most=True,
     )
