@@ -404,6 +404,20 @@ def main() -> None:
     show_envvar=True,
     help="Log one line per request on standard output.",
 )
+@click.option(
+    "--certfile",
+    metavar="FILE",
+    envvar="KEYARD_CERTFILE",
+    show_envvar=True,
+    help="Serve HTTPS with this PEM certificate (chain); needs --keyfile.",
+)
+@click.option(
+    "--keyfile",
+    metavar="FILE",
+    envvar="KEYARD_KEYFILE",
+    show_envvar=True,
+    help="The PEM private key of --certfile (unencrypted).",
+)
 def serve(
     config_path: str | None,
     bind: str,
@@ -411,6 +425,8 @@ def serve(
     workers: int | None,
     threads: int,
     access_log: bool,
+    certfile: str | None,
+    keyfile: str | None,
 ) -> None:
     """Run the registry under granian (or gunicorn) until SIGINT or SIGTERM.
 
@@ -433,7 +449,7 @@ def serve(
         # come from here, in this process, before any worker exists.
         servers.serve(
             loaded, server=server, bind=bind, workers=workers, threads=threads,
-            access_log=access_log,
+            access_log=access_log, certfile=certfile, keyfile=keyfile,
         )  # fmt: skip
     except ConfigError as exc:
         raise BadConfig(str(exc)) from exc
