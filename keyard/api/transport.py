@@ -1,16 +1,17 @@
 """``require_https``: plain-HTTP requests refused, before anything else reads them.
 
-A request came over HTTPS when the server says so (``wsgi.url_scheme``, set by
-``keyard serve --certfile``), or, behind a proxy that ends TLS, when the proxy
-says so in ``X-Forwarded-Proto``; that header is believed only from the
-addresses in ``trusted_proxies`` (the connection's ``REMOTE_ADDR``), since any
-client can send it. Of several values (proxies that append) the last counts: it
-is the one the trusted proxy wrote.
+A request came over HTTPS when its connection was TLS (``keyard serve
+--certfile``: granian's ``wsgi.url_scheme``, gunicorn's socket), or, behind a
+proxy that ends TLS, when the proxy says so in ``X-Forwarded-Proto``; that
+header is believed only from the addresses in ``trusted_proxies`` (the
+connection's ``REMOTE_ADDR``), since any client can send it. Of several values
+(proxies that append) the last counts: it is the one the trusted proxy wrote.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import Iterable
 from typing import Union
 
@@ -37,6 +38,20 @@ def networks(proxies: Iterable[str]) -> tuple[Network, ...]:
     return tuple(found)
 
 
+def _server_says_https(env: dict[str, object]) -> bool:
+    """Whether the connection itself is TLS.
+
+    gunicorn rewrites ``wsgi.url_scheme`` from ``X-Forwarded-Proto`` when the peer is
+    in its own ``forwarded_allow_ips`` (127.0.0.1 by default), so under gunicorn the
+    socket it hands on says it; other servers (granian) set ``wsgi.url_scheme`` from
+    the connection.
+    """
+    sock = env.get("gunicorn.socket")
+    if sock is not None:
+        return isinstance(sock, ssl.SSLSocket)
+    return env.get("wsgi.url_scheme") == "https"
+
+
 class RequireHttps:
     """Middleware: 403 for a request that did not come over HTTPS."""
 
@@ -57,7 +72,7 @@ class RequireHttps:
         )
 
     def came_over_https(self, req: falcon.Request) -> bool:
-        if req.env.get("wsgi.url_scheme") == "https":
+        if _server_says_https(req.env):
             return True
         forwarded = req.env.get("HTTP_X_FORWARDED_PROTO")
         if forwarded is None or not self._from_trusted_proxy(req.env.get("REMOTE_ADDR")):
