@@ -182,6 +182,10 @@ BAD_TOKENS = {
     "a list claim": (lambda: hs256({"namespace": ["a"]}), "must be a string, got a list"),
     "a null claim": (lambda: hs256({"namespace": None}), "must be a string, got null"),
     "a claim too long": (lambda: hs256({"namespace": "x" * 129}), "the limit is 128"),
+    "a claim that is not valid Unicode": (
+        lambda: _with_payload(b'{"namespace": "a\\ud800"}'),
+        "'namespace' claim is not valid Unicode",
+    ),
     "an exp that is not a number": (
         lambda: hs256({"namespace": "team-a", "exp": "tomorrow"}),
         "cannot be decoded",

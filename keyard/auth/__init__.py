@@ -65,7 +65,8 @@ class Authenticator(Protocol):
 
 
 def checked_namespace(namespace: str, source: str) -> str:
-    """``namespace`` when keyard can keep it: non-blank, at most 128 characters.
+    """``namespace`` when keyard can keep it: non-blank, at most 128 characters of
+    valid Unicode.
 
     The message names ``source`` (where it came from: "the bearer token") and the
     bound, never the value, which may be a credential.
@@ -77,6 +78,11 @@ def checked_namespace(namespace: str, source: str) -> str:
         raise Unauthorized(
             f"{source} names a namespace of {len(namespace)} characters; the limit is {limit}"
         )
+    if not namespace.isascii():
+        try:
+            namespace.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, from a JSON escape in a JWT
+            raise Unauthorized(f"{source} is not valid Unicode") from exc
     return namespace
 
 
