@@ -110,6 +110,7 @@ def serve(
         from keyard.server import granian as chosen
     else:
         from keyard.server import gunicorn as chosen  # type: ignore[no-redef]
+    https = {"tls": tls} if tls is not None else {}  # plain HTTP: the call as before
     chosen.serve(
-        config, bind=bind, workers=workers, threads=threads, access_log=access_log, tls=tls
+        config, bind=bind, workers=workers, threads=threads, access_log=access_log, **https
     )
