@@ -18,6 +18,8 @@ setup(
         "python-etcd>=0.4.5",
         "redis[hiredis]>=5",
         "click>=8.1",
+        "PyJWT>=2.8",
+        "cryptography>=41",
     ],
     extras_require={
         "test": ["pytest>=7", "webtest>=3", "ruff", "mypy"],

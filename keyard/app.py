@@ -46,8 +46,9 @@ def create_app(
         store,
         clock=clock or time.time,
         ttl=TtlPolicy(config.default_ttl, config.min_ttl, config.max_ttl),
+        capacity=config.namespace_capacity,
     )
-    app = falcon.App(middleware=api.middleware())
+    app = falcon.App(middleware=api.middleware(config))
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
     api.mount(app, registry)

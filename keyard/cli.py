@@ -86,11 +86,17 @@ def _registry_errors() -> Iterator[None]:
         raise RegistryFailed(str(exc)) from exc
 
 
-def _client(url: str, timeout: float) -> KeyardClient:
+def _client(url: str, timeout: float, token: str | None, cafile: str | None) -> KeyardClient:
     try:
-        return KeyardClient(url, timeout=timeout)
+        return KeyardClient(url, timeout=timeout, token=token, cafile=cafile)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--url'") from exc
+        hint = "'--token'" if str(exc).startswith("token") else "'--url'"
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read CA certificates from {cafile!r}: {exc.strerror or exc}",
+            param_hint="'--cafile'",
+        ) from exc
 
 
 def _bind_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -113,23 +119,53 @@ def _bind_address(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 
 def _registry_options(command: F) -> F:
-    command = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_TIMEOUT,
-        show_default=True,
-        envvar="KEYARD_TIMEOUT",
-        show_envvar=True,
-        help="Seconds to wait for the registry.",
-    )(command)
-    return click.option(
-        "--url",
-        default=DEFAULT_URL,
-        show_default=True,
-        envvar="KEYARD_URL",
-        show_envvar=True,
-        help="The registry's base URL.",
-    )(command)
+    """--url, --timeout, --token and --cafile: the command receives one ``client``."""
+    options = [
+        click.option(
+            "--url",
+            default=DEFAULT_URL,
+            show_default=True,
+            envvar="KEYARD_URL",
+            show_envvar=True,
+            help="The registry's base URL.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            envvar="KEYARD_TIMEOUT",
+            show_envvar=True,
+            help="Seconds to wait for the registry.",
+        ),
+        click.option(
+            "--token",
+            metavar="TOKEN",
+            envvar="KEYARD_TOKEN",
+            show_envvar=True,
+            help="The bearer token: your namespace (auth mode trusted) or a JWT (mode jwt). "
+            "Prefer the variable: an option shows in the process list.",
+        ),
+        click.option(
+            "--cafile",
+            metavar="FILE",
+            envvar="KEYARD_CAFILE",
+            show_envvar=True,
+            help="PEM certificates of the authorities to verify an https:// registry with "
+            "[default: the system's].",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def with_client(
+        *args: Any, url: str, timeout: float, token: str | None, cafile: str | None, **kwargs: Any
+    ) -> Any:
+        return command(*args, client=_client(url, timeout, token, cafile), **kwargs)
+
+    decorated: Any = with_client
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
 
 
 def _text(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -404,6 +440,20 @@ def main() -> None:
     show_envvar=True,
     help="Log one line per request on standard output.",
 )
+@click.option(
+    "--certfile",
+    metavar="FILE",
+    envvar="KEYARD_CERTFILE",
+    show_envvar=True,
+    help="Serve HTTPS with this PEM certificate (chain); needs --keyfile.",
+)
+@click.option(
+    "--keyfile",
+    metavar="FILE",
+    envvar="KEYARD_KEYFILE",
+    show_envvar=True,
+    help="The PEM private key of --certfile (unencrypted).",
+)
 def serve(
     config_path: str | None,
     bind: str,
@@ -411,6 +461,8 @@ def serve(
     workers: int | None,
     threads: int,
     access_log: bool,
+    certfile: str | None,
+    keyfile: str | None,
 ) -> None:
     """Run the registry under granian (or gunicorn) until SIGINT or SIGTERM.
 
@@ -433,7 +485,7 @@ def serve(
         # come from here, in this process, before any worker exists.
         servers.serve(
             loaded, server=server, bind=bind, workers=workers, threads=threads,
-            access_log=access_log,
+            access_log=access_log, certfile=certfile, keyfile=keyfile,
         )  # fmt: skip
     except ConfigError as exc:
         raise BadConfig(str(exc)) from exc
@@ -467,8 +519,7 @@ def register(
     spec: InstanceSpec | None,
     ttl: int | None,
     refresh_every: float | None,
-    url: str,
-    timeout: float,
+    client: KeyardClient,
 ) -> None:
     """Register a service instance (or refresh it).
 
@@ -477,7 +528,6 @@ def register(
     keep it registered until SIGINT or SIGTERM, then deregister it and exit 0;
     the registry may go away and come back meanwhile.
     """
-    client = _client(url, timeout)
     if refresh_every is None:
         with _registry_errors():
             registration = client.register(
@@ -569,8 +619,7 @@ def unregister(
     version: str | None,
     location: str | None,
     instance_id: str | None,
-    url: str,
-    timeout: float,
+    client: KeyardClient,
 ) -> None:
     """Deregister a service instance: by --location (and --version), or by --instance-id.
 
@@ -581,7 +630,6 @@ def unregister(
         raise click.UsageError("give either --location or --instance-id")
     if instance_id is not None and version is not None:
         raise click.UsageError("--version goes with --location; an --instance-id is enough")
-    client = _client(url, timeout)
     if instance_id is not None:
         with _registry_errors():
             removed = client.deregister_instance(service_name, instance_id)
@@ -619,8 +667,7 @@ def lookup(
     version: str | None,
     strategy: str | None,
     output_format: str,
-    url: str,
-    timeout: float,
+    client: KeyardClient,
 ) -> None:
     """Print the live UP locations of a service.
 
@@ -628,7 +675,6 @@ def lookup(
     prints nothing (exit 0); with --strategy, no live instance is an error
     (exit 1).
     """
-    client = _client(url, timeout)
     with _registry_errors():
         if strategy is None:
             result: list[str] | str = client.lookup(service_name, version=version)
@@ -689,13 +735,13 @@ def _record_json(instance: Instance) -> dict[str, object]:
 @main.command()
 @_format_option("a JSON list of {service_name, instances, up}")
 @_registry_options
-def services(output_format: str, url: str, timeout: float) -> None:
+def services(output_format: str, client: KeyardClient) -> None:
     """List every service with a live instance: how many instances, how many UP.
 
     Sorted by name; no service prints nothing (exit 0).
     """
     with _registry_errors():
-        found = _client(url, timeout).services()
+        found = client.services()
     if output_format == "json":
         click.echo(
             json.dumps(
@@ -736,8 +782,7 @@ def instances(
     tags: tuple[str, ...],
     status: str | None,
     output_format: str,
-    url: str,
-    timeout: float,
+    client: KeyardClient,
 ) -> None:
     """List the live instances of service NAME, in every status unless --status says.
 
@@ -745,7 +790,7 @@ def instances(
     "(maintenance)" after its status. An unknown service prints nothing (exit 0).
     """
     with _registry_errors():
-        found = _client(url, timeout).instances(
+        found = client.instances(
             name, version=version, tag=tags or None, status=status
         )
     if output_format == "json":
@@ -812,8 +857,7 @@ def watch(
     status: str | None,
     output_format: str,
     wait: float,
-    url: str,
-    timeout: float,
+    client: KeyardClient,
 ) -> None:
     """Print the live instances of service NAME, then one line per instance added,
     removed or changed, until SIGINT (Ctrl-C) or SIGTERM (exit 0).
@@ -824,7 +868,6 @@ def watch(
     """
     if name is None and (version or tags or status):
         raise click.UsageError("--version, --tag and --status need a service NAME")
-    client = _client(url, timeout)
     with _registry_errors():
         watching = (
             client.watch(name, version=version, tag=tags or None, status=status, wait=wait)
@@ -914,10 +957,10 @@ def _maintenance_arguments(command: F) -> F:
 @maintenance.command("on")
 @_maintenance_arguments
 @_registry_options
-def maintenance_on(name: str, instance_id: str, url: str, timeout: float) -> None:
+def maintenance_on(name: str, instance_id: str, client: KeyardClient) -> None:
     """Put instance INSTANCE_ID of service NAME into maintenance (OUT_OF_SERVICE)."""
     with _registry_errors():
-        record = _client(url, timeout).set_status(name, instance_id, OUT_OF_SERVICE)
+        record = client.set_status(name, instance_id, OUT_OF_SERVICE)
     click.echo(
         f"{record.service_name} {record.instance_id} at {record.location}: "
         f"{_status_text(record)}; lookups skip it until "
@@ -928,10 +971,10 @@ def maintenance_on(name: str, instance_id: str, url: str, timeout: float) -> Non
 @maintenance.command("off")
 @_maintenance_arguments
 @_registry_options
-def maintenance_off(name: str, instance_id: str, url: str, timeout: float) -> None:
+def maintenance_off(name: str, instance_id: str, client: KeyardClient) -> None:
     """Take instance INSTANCE_ID of service NAME out of maintenance."""
     with _registry_errors():
-        record = _client(url, timeout).clear_status(name, instance_id)
+        record = client.clear_status(name, instance_id)
     click.echo(
         f"{record.service_name} {record.instance_id} at {record.location}: "
         f"maintenance off, status {record.status}"

@@ -29,3 +29,20 @@ class ConfigError(KeyardError):
 
 class IndexTooOld(KeyardError):
     """A change index is older than the change log keeps: read the whole state again."""
+
+
+class Unauthorized(KeyardError):
+    """The request's credentials are missing or not accepted (HTTP 401).
+
+    The message says why (no token, expired, bad signature ...); it never repeats
+    the token.
+    """
+
+
+class Forbidden(KeyardError):
+    """The caller is known, but the request is refused (HTTP 403)."""
+
+
+class CapacityExceeded(Forbidden):
+    """A new registration would put more live instances in a namespace than
+    ``namespace_capacity`` allows (HTTP 403)."""

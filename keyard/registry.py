@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from keyard import model
 from keyard.balancing import Strategy, default_strategies
-from keyard.errors import InvalidInput, NotFound
+from keyard.errors import CapacityExceeded, InvalidInput, NotFound
 from keyard.model import (
     DEFAULT_WEIGHT,
     UP,
@@ -97,8 +97,11 @@ class Registry:
         clock: Clock = time.time,
         ttl: TtlPolicy | None = None,
         strategies: Mapping[str, Strategy] | None = None,
+        capacity: int | None = None,
     ) -> None:
+        """``capacity``: the most live instances one namespace may hold (``None``: no limit)."""
         self.store = store
+        self.capacity = capacity
         self.clock = clock
         self.ttl = ttl or TtlPolicy()
         self.strategies = strategies if strategies is not None else default_strategies()
@@ -127,7 +130,31 @@ class Registry:
         keep = {name for name in model.KEPT_WHEN_MISSING if getattr(registration, name) is None}
         if keep_ttl and registration.ttl is None:
             keep.add("ttl")
+        if self.capacity is not None:
+            self._check_capacity(instance)
         return self.store.put(instance, frozenset(keep))
+
+    def _check_capacity(self, instance: Instance) -> None:
+        """CapacityExceeded when ``instance`` is new and its namespace is full.
+
+        An instance that is live already (a re-registration, a heartbeat, a move to
+        another location) is never refused. The check and the write are two steps:
+        registrations of new instances that run at the same moment (in several
+        threads or processes) may each see the last free place, so a namespace can
+        exceed its capacity by the number of such registrations in flight, minus one.
+        """
+        capacity = self.capacity
+        assert capacity is not None
+        now = instance.last_heartbeat_at
+        if self.store.get(instance.key, now) is not None:
+            return
+        held = sum(summary.instances for summary in self.store.services(instance.namespace, now))
+        if held >= capacity:
+            raise CapacityExceeded(
+                f"the namespace is full: it holds {held} live instance(s) and its capacity "
+                f"(namespace_capacity) is {capacity}; deregister an instance or let one "
+                "expire to make room"
+            )
 
     def _instance(self, r: Registration) -> Instance:
         """The record ``r`` asks for, each value checked against its bounds."""

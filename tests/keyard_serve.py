@@ -16,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,13 +54,19 @@ class Served:
     """A running ``keyard serve``: its ``server``, ``port``, ``url`` and ``process``."""
 
     def __init__(
-        self, server: str, process: subprocess.Popen[bytes], port: int, workdir: Path
+        self,
+        server: str,
+        process: subprocess.Popen[bytes],
+        port: int,
+        workdir: Path,
+        cafile: str | None = None,
     ) -> None:
         self.server = server
         self.process = process
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if cafile else 'http'}://127.0.0.1:{port}"
         self.workdir = workdir
+        self.cafile = cafile
 
     def stdout(self) -> str:
         return (self.workdir / "serve.out").read_text(encoding="utf-8", errors="replace")
@@ -115,12 +124,15 @@ def start(
     env: Mapping[str, str] | None = None,
     *,
     timeout: float = 30.0,
+    cafile: str | None = None,
 ) -> Iterator[Served]:
     """Run ``keyard serve --server SERVER`` on 127.0.0.1:``port`` until the block ends.
 
     From ``workdir``, with ``workdir/config.json`` (the memory store unless written
     before) unless ``env`` names another; ``args`` go to ``keyard serve``. Fails the
-    test if it exits or does not answer HTTP within ``timeout`` seconds.
+    test if it exits or does not answer HTTP within ``timeout`` seconds. With
+    ``cafile`` it serves HTTPS (``args`` give ``--certfile``, ``--keyfile``): the
+    probe and ``url`` are ``https://``, verified against ``cafile``.
     """
     if not (workdir / "config.json").exists():
         write_config(workdir)
@@ -135,10 +147,11 @@ def start(
             stderr=err,
             start_new_session=True,  # its own process group, so that workers die with it
         )
-    served = Served(server, process, port, workdir)
+    served = Served(server, process, port, workdir, cafile)
     try:
         deadline = time.monotonic() + timeout
-        while not _answers(served.url + "/"):
+        probe = served.url + "/"
+        while not (_answers_https(probe, cafile) if cafile else _answers(probe)):
             if process.poll() is not None:
                 pytest.fail(f"keyard serve exited with {process.returncode}:\n{served.output()}")
             if time.monotonic() > deadline:
@@ -147,6 +160,17 @@ def start(
         yield served
     finally:
         served.stop()
+
+
+def _answers_https(url: str, cafile: str) -> bool:
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        with urllib.request.urlopen(url, timeout=0.5, context=context):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def run_to_exit(

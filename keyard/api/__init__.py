@@ -10,9 +10,12 @@ prefix                tree
 ====================  =====================================================
 
 The Eureka, lyft discovery and Amalgam8 APIs, and the operations endpoints, are
-added here as further rows. Everything that every tree needs (the caller's
-namespace, raw paths, the domain errors' HTTP statuses) is applied here, so that
-no route can forget it.
+added here as further rows. Everything that every tree needs is applied here,
+so that no route can forget it: raw paths, ``require_https``
+(:mod:`keyard.api.transport`), the caller's namespace from its bearer token
+(:mod:`keyard.api.authentication`, before routing: every path of every tree
+answers 401 without credentials that the ``auth`` mode accepts), and the domain
+errors' HTTP statuses; each tree writes the error bodies.
 """
 
 from __future__ import annotations
@@ -22,26 +25,38 @@ from typing import Any
 
 import falcon
 
+from keyard import auth
 from keyard.api import native, paths
+from keyard.api.authentication import Authenticate
+from keyard.api.transport import RequireHttps, networks
 from keyard.api.tree import Tree
-from keyard.errors import InvalidInput, KeyardError, NotFound, StoreUnavailable
-from keyard.model import DEFAULT_NAMESPACE
+from keyard.errors import (
+    CapacityExceeded,
+    Forbidden,
+    InvalidInput,
+    KeyardError,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
+from keyard.helpers.config import Config
 from keyard.registry import Registry
 
 #: The mounting table: every tree keyard serves, by its path prefix.
 TREES: Sequence[Tree] = (native.TREE,)
 
 
-class _Namespace:
-    """Sets ``req.context.namespace``: ``"default"`` until namespaces and authentication."""
+def middleware(config: Config) -> list[Any]:
+    """The app's middleware: what every tree needs, then each tree's own.
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.namespace = DEFAULT_NAMESPACE
-
-
-def middleware() -> list[Any]:
-    """The app's middleware: what every tree needs, then each tree's own."""
-    found: list[Any] = [paths.RawPath(), _Namespace()]
+    Raw paths first (the error serializer picks the tree by the path), then
+    ``require_https``, then authentication: ``req.context.namespace`` is the
+    caller's before any tree's middleware or resource runs.
+    """
+    found: list[Any] = [paths.RawPath()]
+    if config.require_https:
+        found.append(RequireHttps(networks(config.trusted_proxies)))
+    found.append(Authenticate(auth.authenticator(config.auth)))
     for tree in TREES:
         found.extend(tree.middleware)
     return found
@@ -68,6 +83,17 @@ def _handle_keyard_error(
 ) -> None:
     """Map keyard's domain errors to HTTP statuses; the tree's serializer writes the body."""
     description = str(ex)
+    if isinstance(ex, Unauthorized):
+        challenge = 'Bearer realm="keyard"'
+        if req.env.get("HTTP_AUTHORIZATION") is not None:
+            challenge += ', error="invalid_token"'
+        raise falcon.HTTPUnauthorized(
+            title="Unauthorized", description=description, challenges=[challenge]
+        )
+    if isinstance(ex, CapacityExceeded):
+        raise falcon.HTTPForbidden(title="Namespace full", description=description)
+    if isinstance(ex, Forbidden):
+        raise falcon.HTTPForbidden(title="Forbidden", description=description)
     if isinstance(ex, InvalidInput):
         raise falcon.HTTPBadRequest(title="Invalid input", description=description)
     if isinstance(ex, NotFound):

@@ -5,6 +5,7 @@
     from keyard.client import KeyardClient, NotFound
 
     client = KeyardClient("http://127.0.0.1:8000", timeout=2)
+    # a registry with authentication: client = KeyardClient(url, token=..., cafile=...)
     with client.keep_alive("app2", "http://127.0.0.1:8002", ttl=10):
         ...                                  # registered, health-checked every ~3 s
     try:
@@ -27,11 +28,14 @@ urllib's; see :mod:`keyard.client._exceptions` for which HTTP answer raises whic
 
 from keyard.client._client import DEFAULT_TIMEOUT, DEFAULT_URL, KeyardClient
 from keyard.client._exceptions import (
+    CapacityExceeded,
     ConnectionFailed,
+    Forbidden,
     InvalidInput,
     KeyardError,
     NotFound,
     RegistryUnavailable,
+    Unauthorized,
     UnexpectedResponse,
 )
 from keyard.client._heartbeat import Heartbeat
@@ -50,7 +54,9 @@ __all__ = [
     "DEFAULT_URL",
     "OUT_OF_SERVICE",
     "STATUSES",
+    "CapacityExceeded",
     "ConnectionFailed",
+    "Forbidden",
     "Heartbeat",
     "Instance",
     "InstanceSpec",
@@ -62,6 +68,7 @@ __all__ = [
     "RegistryUnavailable",
     "ServiceSummary",
     "Snapshot",
+    "Unauthorized",
     "UnexpectedResponse",
     "Watch",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,11 +13,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from keyard.client._exceptions import (
+    CapacityExceeded,
     ConnectionFailed,
+    Forbidden,
     InvalidInput,
     KeyardError,
     NotFound,
     RegistryUnavailable,
+    Unauthorized,
     UnexpectedResponse,
 )
 from keyard.client._models import (
@@ -59,7 +63,10 @@ class KeyardClient:
 
     Every method makes one HTTP request and raises keyard's exceptions, never
     urllib's: :class:`~keyard.errors.InvalidInput` (HTTP 400),
-    :class:`~keyard.errors.NotFound` (404), :class:`RegistryUnavailable` (503),
+    :class:`~keyard.errors.Unauthorized` (401: the token is missing or refused),
+    :class:`~keyard.errors.Forbidden` (403; :class:`~keyard.errors.CapacityExceeded`
+    when the namespace is full), :class:`~keyard.errors.NotFound` (404),
+    :class:`RegistryUnavailable` (503),
     :class:`ConnectionFailed` (refused, unknown host, timeout) and
     :class:`UnexpectedResponse` (an answer keyard would not give). The client
     holds no connection between calls, so one client may serve many threads.
@@ -74,12 +81,26 @@ class KeyardClient:
     'http://127.0.0.1:8002'
     """
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        cafile: str | None = None,
+    ) -> None:
         """``base_url`` is the registry's root (``http://host:port``, maybe with a path
         prefix); the client talks to ``<base_url>/keyard``. ``timeout`` bounds, in
-        seconds, the connection and each wait for the answer.
+        seconds, the connection and each wait for the answer. ``token`` is sent as
+        ``Authorization: Bearer TOKEN`` (its UTF-8 bytes) with every request: the
+        namespace (auth mode trusted) or a JWT (mode jwt); it is never shown, not in
+        the repr either. ``cafile`` names the PEM file of the certificate authorities
+        that an ``https://`` registry's certificate is verified against (default: the
+        system's).
 
-        Raises ValueError for a URL that is not ``http(s)://host...`` or a timeout <= 0.
+        Raises ValueError for a URL that is not ``http(s)://host...``, a timeout <= 0,
+        an empty token or one with a line break; OSError for a ``cafile`` that cannot
+        be read or holds no certificate.
         """
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -95,10 +116,25 @@ class KeyardClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.endpoint = f"{self.base_url}/keyard"
-        self._opener = urllib.request.build_opener(_NoRedirects)
+        self.cafile = cafile
+        self._authorization: str | None = None
+        if token is not None:
+            if not isinstance(token, str) or not token.strip():
+                raise ValueError("token must be a non-empty string")
+            if any(char in token for char in "\r\n\0"):
+                raise ValueError("token must not contain a line break or a NUL character")
+            # http.client sends a header's text as latin-1: these are the token's UTF-8 bytes.
+            self._authorization = f"Bearer {token.strip()}".encode().decode("latin-1")
+        handlers: list[Any] = [_NoRedirects]
+        if cafile is not None:
+            context = ssl.create_default_context(cafile=cafile)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def __repr__(self) -> str:
-        return f"KeyardClient({self.base_url!r}, timeout={self.timeout!r})"
+        shown = ", token=..." if self._authorization is not None else ""
+        shown += f", cafile={self.cafile!r}" if self.cafile is not None else ""
+        return f"KeyardClient({self.base_url!r}, timeout={self.timeout!r}{shown})"
 
     # -- registering -------------------------------------------------------------------
 
@@ -372,6 +408,8 @@ class KeyardClient:
         """
         present = {name: value for name, value in (fields or {}).items() if value is not None}
         headers = {"Accept": "application/json"}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         url = self._url(path)
         data = None
         if method == "GET":
@@ -447,6 +485,12 @@ class KeyardClient:
             )
         if status == 404:
             return NotFound(text)
+        if status == 401:
+            return Unauthorized(text)
+        if status == 403:
+            if isinstance(body, dict) and body.get("title") == "Namespace full":
+                return CapacityExceeded(text)
+            return Forbidden(text)
         if 400 <= status < 500:
             return InvalidInput(text)
         if 500 <= status < 600:

@@ -1,7 +1,9 @@
 """The exceptions the client raises: keyard's own, plus two for a registry it cannot use.
 
 keyard answers every error with a JSON body ``{"title", "description"}``. Such a
-400 (or another 4xx) answer raises :class:`~keyard.errors.InvalidInput`, a 404
+400 (or another 4xx) answer raises :class:`~keyard.errors.InvalidInput`, a 401
+:class:`~keyard.errors.Unauthorized`, a 403 :class:`~keyard.errors.Forbidden`
+(:class:`~keyard.errors.CapacityExceeded` for a full namespace), a 404
 :class:`~keyard.errors.NotFound`, a 503 (or another 5xx) :class:`RegistryUnavailable`;
 the message is the server's ``description``: what to change, as the server said it.
 A refused connection or a timeout raises :class:`ConnectionFailed`. Any other
@@ -12,14 +14,24 @@ answered, but not as keyard does.
 
 from __future__ import annotations
 
-from keyard.errors import InvalidInput, KeyardError, NotFound
+from keyard.errors import (
+    CapacityExceeded,
+    Forbidden,
+    InvalidInput,
+    KeyardError,
+    NotFound,
+    Unauthorized,
+)
 
 __all__ = [
+    "CapacityExceeded",
     "ConnectionFailed",
+    "Forbidden",
     "InvalidInput",
     "KeyardError",
     "NotFound",
     "RegistryUnavailable",
+    "Unauthorized",
     "UnexpectedResponse",
 ]
 

@@ -4,12 +4,18 @@ The file format of the original keyard is accepted as is::
 
     {"store_type": "etcd", "etcd": {"host": "localhost", "base_path": "/services"}}
 
-Top-level keys: ``store_type`` and the TTL bounds ``default_ttl``, ``min_ttl`` and
-``max_ttl`` (seconds). Every other key must be an object: the options of the
-store of that name. A key given twice in one object is an error, not the last
-value silently. Environment variables override the file:
+Top-level keys: ``store_type``, the TTL bounds ``default_ttl``, ``min_ttl`` and
+``max_ttl`` (seconds), ``namespace_capacity`` (the most live instances one
+namespace may hold; ``null``, the default, for no limit), ``require_https``
+(``true``: plain-HTTP requests are refused) and ``trusted_proxies`` (the
+addresses whose ``X-Forwarded-Proto`` is believed). The object ``auth`` is the
+authentication section (:mod:`keyard.auth.settings`). Every other key must be an
+object: the options of the store of that name. A key given twice in one object
+is an error, not the last value silently. Environment variables override the file:
 ``KEYARD_STORE_TYPE`` (taken as is), ``KEYARD_DEFAULT_TTL``, ``KEYARD_MIN_TTL``,
-``KEYARD_MAX_TTL``, and ``KEYARD_<STORE>_<OPTION>`` for a store's option (for
+``KEYARD_MAX_TTL``, ``KEYARD_NAMESPACE_CAPACITY``, ``KEYARD_REQUIRE_HTTPS``,
+``KEYARD_TRUSTED_PROXIES``, ``KEYARD_AUTH_<OPTION>`` for an auth option
+(``KEYARD_AUTH_MODE``), and ``KEYARD_<STORE>_<OPTION>`` for a store's option (for
 example ``KEYARD_ETCD_HOST``); after the prefix, names are not case-sensitive,
 and two variables naming the same setting are an error. Their values are parsed
 as JSON when they parse (``2379`` is a number, ``["a:1", "b:2"]`` a list), else
@@ -38,12 +44,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from keyard.auth import settings as auth_settings
+from keyard.auth.settings import AuthSettings
 from keyard.errors import ConfigError
 
 DEFAULT_FILE = "config.json"
 ENV_PREFIX = "KEYARD_"
 _TTL_KEYS = ("default_ttl", "min_ttl", "max_ttl")
-_TOP_LEVEL_KEYS = ("store_type", *_TTL_KEYS)
+_TOP_LEVEL_KEYS = (
+    "store_type",
+    *_TTL_KEYS,
+    "namespace_capacity",
+    "require_https",
+    "trusted_proxies",
+)
+#: The section that is not a store's: authentication (``KEYARD_AUTH_<OPTION>``).
+AUTH = "auth"
 #: The largest TTL a configuration may allow: ten years. Far beyond it, an expiry
 #: time no longer fits a date (year 9999) and registering would fail.
 TTL_LIMIT = 10 * 366 * 86400
@@ -57,6 +73,14 @@ class Config:
     default_ttl: int = 30
     min_ttl: int = 1
     max_ttl: int = 86400
+    #: The most live instances one namespace may hold (``None``: no limit).
+    namespace_capacity: int | None = None
+    #: Refuse requests that did not come over HTTPS.
+    require_https: bool = False
+    #: The proxies (addresses or networks) whose ``X-Forwarded-Proto`` is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    #: The ``auth`` section, checked (its key file read).
+    auth: AuthSettings = field(default_factory=AuthSettings)
     #: Store name -> that store's options, as given in the file.
     store_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Where the configuration came from, for messages.
@@ -164,7 +188,27 @@ def _validate(data: Mapping[str, Any], origins: _Origins, in_file: set[str]) -> 
     values: dict[str, Any] = {}
     sections: dict[str, Mapping[str, Any]] = {}
     for key, value in data.items():
-        if key == "store_type":
+        if key == AUTH:
+            values[key] = auth_settings.parse(value, origins.section(AUTH, AUTH in in_file))
+        elif key == "namespace_capacity":
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(
+                    f"{origins.of(key)}: namespace_capacity must be a whole number of at least "
+                    f"1 (the most live instances one namespace may hold), or null for no "
+                    f"limit, got {value!r}"
+                )
+            values[key] = value
+        elif key == "require_https":
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"{origins.of(key)}: require_https must be true or false, got {value!r}"
+                )
+            values[key] = value
+        elif key == "trusted_proxies":
+            values[key] = _trusted_proxies(value, origins.of(key))
+        elif key == "store_type":
             if not isinstance(value, str) or not value:
                 raise ConfigError(
                     f"{origins.of(key)}: store_type must be a non-empty string, got {value!r}"
@@ -199,6 +243,24 @@ def _validate(data: Mapping[str, Any], origins: _Origins, in_file: set[str]) -> 
     return config
 
 
+def _trusted_proxies(value: Any, where: str) -> tuple[str, ...]:
+    """A list of addresses or networks (or one string, comma-separated), each checked."""
+    from keyard.api.transport import networks
+
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise ConfigError(
+            f'{where}: trusted_proxies must be a list of addresses such as ["10.0.0.5", '
+            f'"10.0.1.0/24"], got {value!r}'
+        )
+    try:
+        networks(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: trusted_proxies: {exc}") from exc
+    return tuple(value)
+
+
 def _not_a_section(key: str, value: Any, source: str) -> str:
     """The message for a top-level key that is neither a setting nor an object."""
     from keyard.stores import available  # the store registry
@@ -207,7 +269,8 @@ def _not_a_section(key: str, value: Any, source: str) -> str:
         return f"{source}: key {key!r} must be an object (the {key} store's options), got {value!r}"
     return (
         f"{source}: unknown key {key!r} (value {value!r}); top-level keys are "
-        "store_type, default_ttl, min_ttl, max_ttl, and one object per store"
+        "store_type, default_ttl, min_ttl, max_ttl, namespace_capacity, require_https, "
+        "trusted_proxies, the object auth, and one object per store"
     )
 
 
@@ -284,6 +347,7 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict
     from keyard.stores import available  # the store registry, for KEYARD_<STORE>_<OPTION>
 
     store_names = {name.upper(): name for name in available()}
+    store_names[AUTH.upper()] = AUTH
     applied: dict[_Setting, str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
@@ -306,7 +370,8 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict
             section = data.setdefault(store, {})
             if not isinstance(section, dict):
                 continue  # the file's value is not an object: that error names the file
-            section[option] = _env_value(name, raw)
+            raw_text = store == AUTH and option in auth_settings.RAW_TEXT_OPTIONS
+            section[option] = raw if raw_text else _env_value(name, raw)
     return applied
 
 

@@ -17,6 +17,7 @@ import socket
 from keyard.errors import KeyardError
 from keyard.helpers.config import Config
 from keyard.server.client_timeout import CLIENT_TIMEOUT, CLIENT_TIMEOUT_VARIABLE, client_timeout
+from keyard.server.tls import Tls, check_tls
 from keyard.stores import create_store, store_class
 from keyard.worker_processes import refuse_unshared_store_under_workers
 
@@ -33,6 +34,7 @@ __all__ = [
     "SERVERS",
     "WORKER_CLASS",
     "CannotListen",
+    "Tls",
     "check_bind",
     "check_config",
     "client_timeout",
@@ -87,6 +89,8 @@ def serve(
     workers: int,
     threads: int,
     access_log: bool = False,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> None:
     """Check ``config`` and ``bind``, then serve keyard on ``bind`` until SIGINT or SIGTERM.
 
@@ -94,14 +98,19 @@ def serve(
 
     ``server`` is one of :data:`SERVERS`; ``workers`` processes with ``threads``
     threads each (gunicorn's gthread threads, granian's blocking threads) run the
-    app; ``access_log`` logs one line per request on standard output.
+    app; ``access_log`` logs one line per request on standard output; ``certfile``
+    and ``keyfile`` (PEM, both or neither) serve HTTPS.
     """
     if server not in SERVERS:
         raise ValueError(f"server {server!r} is not one of {', '.join(SERVERS)}")
     check_config(config, workers)
+    tls = check_tls(certfile, keyfile)
     check_bind(bind)
     if server == "granian":
         from keyard.server import granian as chosen
     else:
         from keyard.server import gunicorn as chosen  # type: ignore[no-redef]
-    chosen.serve(config, bind=bind, workers=workers, threads=threads, access_log=access_log)
+    https = {"tls": tls} if tls is not None else {}  # plain HTTP: the call as before
+    chosen.serve(
+        config, bind=bind, workers=workers, threads=threads, access_log=access_log, **https
+    )

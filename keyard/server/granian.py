@@ -33,6 +33,7 @@ from granian.server import Server
 from keyard.app import create_app
 from keyard.helpers.config import Config
 from keyard.server.client_timeout import client_timeout
+from keyard.server.tls import Tls
 
 #: Seconds a worker may take to finish its requests after SIGTERM before it is killed
 #: (gunicorn's graceful timeout is the same).
@@ -72,8 +73,19 @@ def _address(bind: str) -> dict[str, Any]:
     return {"address": host, "port": port}
 
 
-def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: bool) -> None:
-    """Serve keyard under granian on ``bind`` until SIGINT or SIGTERM."""
+def serve(
+    config: Config,
+    *,
+    bind: str,
+    workers: int,
+    threads: int,
+    access_log: bool,
+    tls: Tls | None = None,
+) -> None:
+    """Serve keyard under granian on ``bind`` until SIGINT or SIGTERM (HTTPS with ``tls``)."""
+    ssl: dict[str, Any] = {}
+    if tls is not None:
+        ssl = {"ssl_cert": Path(tls.certfile), "ssl_key": Path(tls.keyfile)}
     timeout_ms = max(1, round(client_timeout() * 1000))
     server = Server(
         "keyard.wsgi:app",  # shown as the process's title; the app comes from worker_app
@@ -88,5 +100,6 @@ def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: 
         log_level=LogLevels.info,
         log_dictconfig=_logging_config(),
         log_access=access_log,
+        **ssl,
     )
     server.serve(target_loader=functools.partial(worker_app, config), wrap_loader=False)

@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from keyard.app import create_app
 from keyard.helpers.config import Config
 from keyard.server import WORKER_CLASS
+from keyard.server.tls import Tls
 
 
 class KeyardServer(BaseApplication):
@@ -46,8 +47,17 @@ class KeyardServer(BaseApplication):
         return create_app(self.config)
 
 
-def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: bool) -> None:
-    """Serve keyard under gunicorn on ``bind`` until gunicorn is told to stop."""
+def serve(
+    config: Config,
+    *,
+    bind: str,
+    workers: int,
+    threads: int,
+    access_log: bool,
+    tls: Tls | None = None,
+) -> None:
+    """Serve keyard under gunicorn on ``bind`` until gunicorn is told to stop (HTTPS with
+    ``tls``)."""
     options: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
@@ -55,6 +65,8 @@ def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: 
         "worker_class": WORKER_CLASS,
         "proc_name": "keyard",
     }
+    if tls is not None:
+        options.update(certfile=tls.certfile, keyfile=tls.keyfile)
     if access_log:
         options["accesslog"] = "-"  # one line per request, on standard output
     KeyardServer(config, options).run()

@@ -32,7 +32,7 @@ from keyard.model import Instance
 from keyard.stores.background import BackgroundThread, Backoff
 from keyard.stores.changes import EXPIRED, FIRST_INDEX, LOG_SECONDS, Change, Waiters
 from keyard.stores.etcd.cache import leaves
-from keyard.stores.etcd.client import INDEX_HEADER, error_index
+from keyard.stores.etcd.client import INDEX_HEADER, describe, error_index
 from keyard.stores.etcd.cluster import Cluster
 from keyard.stores.etcd.keys import (
     NAMESPACES,
@@ -90,8 +90,9 @@ class EtcdChanges:
             self._cluster.call(deadline, "PUT", url_path(service), value=number)
             self._cluster.call(deadline, "PUT", url_path(f"{directory}/catalog"), value=number)
         except (StoreUnavailable, etcd.EtcdException, KeyError, TypeError) as exc:
-            log.warning("etcd store: a change of %s was made but not recorded: %s",
-                        instance.key, exc)
+            # Not the key: its namespace may be a caller's token (auth mode trusted).
+            log.warning("etcd store: a change of service %r was made but not recorded: %s",
+                        instance.service_name, describe(exc))
 
     # -- reads ---------------------------------------------------------------------
 

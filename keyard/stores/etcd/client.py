@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -296,13 +297,19 @@ def without_v2_api(exc: BaseException) -> bool:
     )
 
 
+#: A key's namespace and what follows it, in a driver's message (``%25ns`` in a URL).
+_NAMESPACED_KEY = re.compile(r"(%(?:25)?ns)/[^\s'\")]*")
+
+
 def describe(exc: BaseException) -> str:
+    """The failure in words, for messages and logs: without the key's namespace and
+    names (in auth mode trusted the namespace is the caller's token)."""
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, urllib3.exceptions.NewConnectionError):
         return f"cannot connect ({str(cause).rpartition(': ')[2]})"
     if isinstance(cause, urllib3.exceptions.TimeoutError):
         return "no answer in time"
-    return f"{type(cause).__name__}: {cause}"
+    return _NAMESPACED_KEY.sub(r"\1/...", f"{type(cause).__name__}: {cause}")
 
 
 def index_of(response: urllib3.BaseHTTPResponse) -> int:
