@@ -329,6 +329,11 @@ class Registry:
             return None
         return self.store.change_index(namespace, service_name)
 
+    @property
+    def reads_are_local(self) -> bool:
+        """Whether the store's reads never wait on the network (see :class:`Store`)."""
+        return self.store.reads_are_local
+
     def subscribe_changes(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the store's thread whenever a change may have come
         (see :meth:`Store.subscribe_changes`); nothing for a store that keeps no index."""

@@ -17,6 +17,7 @@ granian, and why:
   current state (:func:`~keyard.stores.changes.stop_waiting`), then workers stop
   accepting, finish the requests in flight and exit; a worker still busy after
   ``KILL_TIMEOUT`` seconds is killed.
+- uvloop as the workers' event loop, where it is installed.
 - ``BACKPRESSURE`` requests at once per worker (granian's default is its backlog
   shared by the workers, 512 each, which 10,000 waiting watchers would exceed).
 - on Linux each worker listens on its own socket (SO_REUSEPORT), so that the
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from granian import _signals as granian_signals
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 from granian.log import LOGGING_CONFIG, LogLevels
 from granian.server import Server
@@ -122,6 +123,16 @@ def _address(bind: str) -> dict[str, Any]:
     return {"address": host, "port": port}
 
 
+def _event_loop() -> Loops:
+    """uvloop where it is installed (keyard's dependency on Linux): with it a worker
+    answers about 1.5 times the requests of asyncio's loop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return Loops.asyncio
+    return Loops.uvloop
+
+
 def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: bool) -> None:
     """Serve keyard under granian on ``bind`` until SIGINT or SIGTERM."""
     timeout_ms = max(1, round(client_timeout() * 1000))
@@ -129,6 +140,7 @@ def serve(config: Config, *, bind: str, workers: int, threads: int, access_log: 
         "keyard.wsgi:app",  # shown as the process's title; the app comes from worker_app
         **_address(bind),
         interface=Interfaces.ASGI,
+        loop=_event_loop(),
         http=HTTPModes.http1,
         workers=workers,
         backlog=BACKLOG,

@@ -87,6 +87,10 @@ class Store(abc.ABC):
     #: True when keyard processes that open the same store see one registry
     #: (callers check this, never a store's name).
     shared_across_processes: ClassVar[bool] = True
+    #: True when a read (:meth:`lookup`, :meth:`services`, :meth:`change_index`) never
+    #: waits on the network or on another process: an event loop may call it itself,
+    #: without handing it to a thread (keyard.server.waiting does).
+    reads_are_local: ClassVar[bool] = False
     #: The names of the options the store's config section may hold (``None``: not said).
     OPTIONS: ClassVar[tuple[str, ...] | None] = None
 

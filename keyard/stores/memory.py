@@ -44,6 +44,7 @@ class MemoryStore(Store):
     name = "simple"
     OPTIONS = ()
     shared_across_processes = False
+    reads_are_local = True
     watchable = True
 
     def __init__(self) -> None:

@@ -710,6 +710,7 @@ class SqliteStore(Store):
     OPTIONS = ("path", "timeout")
     shared_across_processes = True
     watchable = True
+    reads_are_local = True
 
     def __init__(
         self,
