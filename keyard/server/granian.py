@@ -96,13 +96,19 @@ def _answer_waits_on_signals(front: WaitingFront) -> None:
     def set_loop_signals(loop: asyncio.AbstractEventLoop) -> Any:
         stop_event = original(loop)
 
+        stopping: set[asyncio.Task[None]] = set()  # referenced until done (never collected)
+
         async def answer_then_stop() -> None:
-            await asyncio.to_thread(stop_waiting)
-            await front.answered(ANSWER_TIMEOUT)
-            stop_event.set()
+            try:
+                await asyncio.to_thread(stop_waiting)
+                await front.answered(ANSWER_TIMEOUT)
+            finally:
+                stop_event.set()
 
         def on_signal() -> None:
-            loop.create_task(answer_then_stop())
+            task = loop.create_task(answer_then_stop())
+            stopping.add(task)
+            task.add_done_callback(stopping.discard)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal)
