@@ -290,11 +290,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _has_body(scope: Scope) -> bool:
-    """Whether the request says it has a body (a ``Content-Length`` above 0, or chunks)."""
+    """Whether to read the request's body first: it says it has one (chunks, or a
+    ``Content-Length`` above 0), not longer than the app takes (a longer one is refused
+    by the app from its ``Content-Length`` alone, before a byte of it is read)."""
     for name, value in scope.get("headers", ()):
         name = name.lower()
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+        if name == b"transfer-encoding":
             return True
+        if name == b"content-length":
+            length = value.strip()
+            return length != b"0" and not (length.isdigit() and int(length) >= BODY_LIMIT)
     return False
 
 

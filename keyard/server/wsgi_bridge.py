@@ -73,6 +73,8 @@ def environ(scope: Scope, body: bytes, query_string: bytes | None = None) -> dic
         else:
             key = f"HTTP_{name}"
             env[key] = f"{env[key]},{value}" if key in env else value
+    if body and "CONTENT_LENGTH" not in env:  # sent in chunks: the length is what came
+        env["CONTENT_LENGTH"] = str(len(body))
     return env
 
 
