@@ -93,8 +93,8 @@ def _answers(url: str) -> bool:
 @contextmanager
 def serving(
     argv: Sequence[str], port: int, env: Mapping[str, str], log_path: Path, timeout: float = 60
-) -> Iterator[None]:
-    """Run ``argv`` (which binds 127.0.0.1:``port``) until the block ends.
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` (which binds 127.0.0.1:``port``) until the block ends; yields its process.
 
     From the repository root, with ``env`` added to this environment and its output
     in ``log_path``. Raises RuntimeError, with that output, if it exits or does not
@@ -123,7 +123,7 @@ def serving(
                 time.sleep(0.05)
                 continue
             raise RuntimeError(f"{' '.join(argv)} {failure}:\n{log_path.read_text()}")
-        yield
+        yield process
     finally:
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
@@ -17,6 +18,9 @@ from keyard.stores import create_store, store_class
 from keyard.stores.base import Store
 from keyard.worker_processes import gunicorn_workers, refuse_unshared_store_under_workers
 
+if TYPE_CHECKING:
+    from keyard.server.waiting import WaitingFront
+
 log = logging.getLogger("keyard")
 
 
@@ -26,7 +30,21 @@ def create_app(
     store: Store | None = None,
     clock: Clock | None = None,
 ) -> falcon.App:
-    """Build keyard's WSGI app.
+    """Build keyard's WSGI app (the arguments: see :func:`wire`).
+
+    Under any WSGI server a blocking query holds one of its threads while it waits;
+    ``keyard serve`` serves :func:`create_asgi_app` instead, whose waits hold none.
+    """
+    return wire(config, store=store, clock=clock)[0]
+
+
+def wire(
+    config: Config | Mapping[str, Any] | None = None,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+) -> tuple[falcon.App, Registry]:
+    """keyard's WSGI app and the registry it serves.
 
     ``config`` is a :class:`Config`, a mapping in the config file's format, or
     ``None`` for the file loaded by ``keyard.helpers.config.load_file`` (else
@@ -53,4 +71,20 @@ def create_app(
     app.req_options.keep_blank_qs_values = True
     api.mount(app, registry)
     log.info("keyard ready: store %s (%s)", config.store_type, config.source)
-    return app
+    return app, registry
+
+
+def create_asgi_app(
+    config: Config | Mapping[str, Any] | None = None,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    threads: int = 4,
+) -> WaitingFront:
+    """keyard as an ASGI app: the WSGI app in ``threads`` threads, with blocking queries
+    waiting on the event loop (:mod:`keyard.server.waiting`); arguments as :func:`wire`."""
+    from keyard.server.waiting import WaitingFront
+
+    app, registry = wire(config, store=store, clock=clock)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyard-app")
+    return WaitingFront(app, registry, executor)

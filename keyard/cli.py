@@ -430,7 +430,8 @@ def main() -> None:
     show_default=True,
     envvar="KEYARD_THREADS",
     show_envvar=True,
-    help="Threads per worker that run requests (granian's blocking threads, gunicorn's gthread).",
+    help="Threads per worker that run requests (under granian: writes and remote stores' "
+    "reads; gunicorn's gthread threads).",
 )
 @click.option(
     "--access-log/--no-access-log",

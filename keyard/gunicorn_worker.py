@@ -25,6 +25,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 from keyard.server.client_timeout import CLIENT_TIMEOUT, CLIENT_TIMEOUT_VARIABLE, client_timeout
+from keyard.stores.changes import stop_waiting
 
 __all__ = [
     "CLIENT_TIMEOUT",
@@ -122,6 +124,13 @@ class JsonErrorThreadWorker(ThreadWorker):
         self.client_timeout = client_timeout()
         logging.getLogger("gunicorn.error").addFilter(_StalledClientFilter(self.client_timeout))
         return super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM: gthread finishes the requests in flight before it exits; the waiting
+        # ones (blocking queries) are answered now with their state, not when their wait
+        # runs out. From a thread: this signal handler may have interrupted a wait's lock.
+        threading.Thread(target=stop_waiting, name="keyard-stop-waiting", daemon=True).start()
+        super().handle_exit(sig, frame)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

@@ -347,8 +347,25 @@ class Registry:
             raise InvalidInput(f"index must be a whole number of at least 0, got {index}")
         if not 0 <= wait <= MAX_WAIT:
             raise InvalidInput(f"wait must be between 0 and {MAX_WAIT:g} seconds, got {wait:g}")
-        wait += random.uniform(0, wait / 16)
-        return store.wait_for_change(namespace, service_name, index, wait)
+        return store.wait_for_change(namespace, service_name, index, spread_wait(wait))
+
+    def change_index(self, namespace: str, service_name: str | None) -> int | None:
+        """The change index of the service (None: of the catalog); None when the store
+        keeps none."""
+        if not self.store.watchable:
+            return None
+        return self.store.change_index(namespace, service_name)
+
+    @property
+    def reads_are_local(self) -> bool:
+        """Whether the store's reads never wait on the network (see :class:`Store`)."""
+        return self.store.reads_are_local
+
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the store's thread whenever a change may have come
+        (see :meth:`Store.subscribe_changes`); nothing for a store that keeps no index."""
+        if self.store.watchable:
+            self.store.subscribe_changes(callback)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -361,6 +378,12 @@ class Registry:
     @staticmethod
     def _unknown(key: InstanceKey) -> str:
         return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
+
+
+def spread_wait(wait: float) -> float:
+    """``wait`` and a random extra of up to ``wait / 16``, which spreads the wake-ups of
+    many watchers (as Consul does)."""
+    return wait + random.uniform(0, wait / 16)
 
 
 def no_instance_message(service_name: str, where: InstanceFilter) -> str:

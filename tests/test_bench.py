@@ -265,3 +265,17 @@ def test_in_process_curve_measures_every_request_on_the_memory_store(tmp_path):
     for point in points:
         for figure in ("lookup_us", "heartbeat_us", "weighted_us", "tag_lookup_us"):
             assert point[figure] > 0
+
+
+def test_the_watchers_bench_answers_every_watcher_after_one_change(tmp_path: Path) -> None:
+    require_program("wrk", "wrk")
+    from bench import watchers
+
+    out = tmp_path / "watchers.json"
+    results = watchers.main(["--watchers", "50", "--seconds", "1", "--repeats", "1",
+                             "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    assert results["watchers"] == 50 and results["early"] == 0
+    assert results["answered_with_new_index"] == 50 and results["lost"] == 0
+    assert results["answer_max_s"] is not None and results["rss_growth_per_watcher_bytes"] > -1e9
+    assert results["lookups_with_watchers"]["rps"] > 0

@@ -115,6 +115,41 @@ def test_serve_answers_and_sigterm_finishes_the_request_in_flight_and_exits_0(
 
 
 @SERVERS
+def test_sigterm_answers_a_waiting_blocking_query_at_once_with_its_state_and_exits_0(
+    server: str, tmp_path: Path
+) -> None:
+    sqlite_config(tmp_path)  # the default store
+    with keyard_serve.start(server, tmp_path, free_port()) as served:
+        status, _ = call("POST", f"{served.url}/keyard", {"service_name": "web", "location": "a"})
+        assert status == 201
+        status, state = call("GET", f"{served.url}/keyard/services/web")
+        index = state["index"]  # type: ignore[index]
+        answers: list[tuple[int, object, float]] = []
+
+        def watch() -> None:
+            status, body = call(
+                "GET", f"{served.url}/keyard/services/web?index={index}&wait=60", timeout=40
+            )
+            answers.append((status, body, time.monotonic()))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(1.0)  # the query is waiting
+        assert not answers
+        signalled = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        watcher.join(30)
+        assert answers, "the waiting query was not answered"
+        status, body, answered = answers[0]
+        assert status == 200, body
+        assert body["index"] == index  # type: ignore[index]
+        assert [i["location"] for i in body["instances"]] == ["a"]  # type: ignore[index]
+        assert answered - signalled < 5, "answered when its wait ran out, not at SIGTERM"
+        assert served.process.wait(20) == 0, served.output()
+        assert "Traceback" not in served.output(), served.output()
+
+
+@SERVERS
 def test_a_crashed_worker_is_replaced_and_the_service_keeps_answering(
     server: str, tmp_path: Path
 ) -> None:

@@ -4,7 +4,7 @@ Applied by the mounting table (:mod:`keyard.api`) to every tree, before routing:
 a request the authenticator refuses gets a 401 (with ``WWW-Authenticate:
 Bearer``) from any path, so that a route added later cannot forget it. The
 header's bytes are read as UTF-8 (where the server hands them on: gunicorn does,
-granian hands on a header with bytes outside ASCII as an empty one). Nothing here
+granian's WSGI interface hands on a header with bytes outside ASCII as an empty one). Nothing here
 logs: in trusted mode the namespace is the token.
 """
 
@@ -27,9 +27,9 @@ def bearer_token(req: falcon.Request) -> str | None:
         return None
     if not raw.strip():
         raise Unauthorized(
-            "the Authorization header is empty; send 'Bearer TOKEN' (granian, keyard serve's "
-            "default server, hands on a header with bytes outside ASCII as empty: use an "
-            "ASCII token there, or keyard serve --server gunicorn)"
+            "the Authorization header is empty; send 'Bearer TOKEN' (granian's WSGI "
+            "interface hands on a header with bytes outside ASCII as empty: use an "
+            "ASCII token there, or keyard serve)"
         )
     try:
         value = raw.encode("latin-1").decode("utf-8")  # WSGI gives the bytes as latin-1

@@ -97,9 +97,9 @@ def serve(
     Raises ConfigError or CannotListen before any server starts.
 
     ``server`` is one of :data:`SERVERS`; ``workers`` processes with ``threads``
-    threads each (gunicorn's gthread threads, granian's blocking threads) run the
-    app; ``access_log`` logs one line per request on standard output; ``certfile``
-    and ``keyfile`` (PEM, both or neither) serve HTTPS.
+    threads each (gunicorn's gthread threads; under granian, the app's threads for writes
+    and remote stores' reads) run the app; ``access_log`` logs one line per request on
+    standard output; ``certfile`` and ``keyfile`` (PEM, both or neither) serve HTTPS.
     """
     if server not in SERVERS:
         raise ValueError(f"server {server!r} is not one of {', '.join(SERVERS)}")

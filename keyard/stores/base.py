@@ -9,7 +9,7 @@ is tested by :mod:`keyard.testing.store_contract`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar
 
 from keyard.model import Instance, InstanceKey, ServiceSummary
@@ -87,6 +87,10 @@ class Store(abc.ABC):
     #: True when keyard processes that open the same store see one registry
     #: (callers check this, never a store's name).
     shared_across_processes: ClassVar[bool] = True
+    #: True when a read (:meth:`lookup`, :meth:`services`, :meth:`change_index`) never
+    #: waits on the network or on another process: an event loop may call it itself,
+    #: without handing it to a thread (keyard.server.waiting does).
+    reads_are_local: ClassVar[bool] = False
     #: The names of the options the store's config section may hold (``None``: not said).
     OPTIONS: ClassVar[tuple[str, ...] | None] = None
 
@@ -193,6 +197,16 @@ class Store(abc.ABC):
         Woken by changes made in any process on the store; never returns later than
         ``timeout`` plus one read. A backend that cannot be reached raises
         :class:`~keyard.errors.StoreUnavailable` (within its timeout), even mid-wait.
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
+
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever this process's :meth:`wait_for_change` waiters are
+        woken (a change of any process, an expiry, a lost connection), from the store's
+        own thread: so that a waiter that is not a thread (an event loop) reads again.
+
+        ``callback`` must be quick and must not raise. It may be called when nothing
+        changed; a change is never missed for longer than the store's recheck (2 s at most).
         """
         raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
 

@@ -14,7 +14,9 @@ heartbeat that only extends a lease) takes the namespace's next number. So:
 
 :class:`Waiters` is how a process's threads wait for an index to move (a store wakes
 them from its own notifications: another process's commit, a pub/sub message, an etcd
-watch); :class:`Sweeper` is the thread that makes expiries into changes within
+watch), and how a process's event loop hears of those notifications
+(:meth:`Waiters.subscribe`); :func:`stop_waiting` ends every wait of the process at once
+(a server shutting down); :class:`Sweeper` is the thread that makes expiries into changes within
 :data:`SWEEP_INTERVAL` of their ``expires_at``, whether or not a request touches the store.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -57,6 +60,29 @@ class Change(NamedTuple):
     instance: Instance
 
 
+#: Set by :func:`stop_waiting`: every wait of this process answers at once from then on.
+_stopping = threading.Event()
+#: Every :class:`Waiters` of this process, for :func:`stop_waiting` to wake.
+_all_waiters: weakref.WeakSet[Waiters] = weakref.WeakSet()
+
+
+def stop_waiting() -> None:
+    """End every wait of this process now, and every later one at once: a server is
+    shutting down, and its waiting requests are answered with the state they have.
+
+    Safe to call from any thread (not from a signal handler that may have interrupted
+    a :class:`Waiters` call: it takes their locks). Irreversible for the process.
+    """
+    _stopping.set()
+    for waiters in list(_all_waiters):
+        waiters.notify()
+
+
+def stopping() -> bool:
+    """Whether :func:`stop_waiting` was called in this process."""
+    return _stopping.is_set()
+
+
 class Waiters:
     """Threads of one process waiting for a change index to move, woken by :meth:`notify`.
 
@@ -68,18 +94,33 @@ class Waiters:
         self.recheck = recheck
         self._condition = threading.Condition()
         self._generation = 0
+        self._subscribers: list[Callable[[], None]] = []
+        _all_waiters.add(self)
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` at every :meth:`notify`, in the notifying thread.
+
+        For a waiter that is not a thread (an event loop's): ``callback`` must be quick
+        and must not raise (``loop.call_soon_threadsafe`` of the loop's own wake-up).
+        """
+        with self._condition:
+            self._subscribers.append(callback)
 
     def notify(self) -> None:
         """Something may have changed: every waiter reads its index again."""
         with self._condition:
             self._generation += 1
             self._condition.notify_all()
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback()
 
     def wait(self, current: Callable[[], int], index: int, timeout: float) -> int:
         """``current()`` as soon as it differs from ``index``, or when ``timeout`` has passed.
 
-        Never later than ``timeout`` (plus one read); ``current``'s exceptions
-        (the store's :class:`~keyard.errors.StoreUnavailable`) come through.
+        Never later than ``timeout`` (plus one read), and at once after
+        :func:`stop_waiting`; ``current``'s exceptions (the store's
+        :class:`~keyard.errors.StoreUnavailable`) come through.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._condition:
@@ -89,7 +130,7 @@ class Waiters:
             if found != index:
                 return found
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or _stopping.is_set():
                 return found
             with self._condition:
                 if self._generation == generation:

@@ -12,7 +12,7 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from keyard.errors import ConfigError, IndexTooOld
@@ -44,6 +44,7 @@ class MemoryStore(Store):
     name = "simple"
     OPTIONS = ()
     shared_across_processes = False
+    reads_are_local = True
     watchable = True
 
     def __init__(self) -> None:
@@ -168,6 +169,9 @@ class MemoryStore(Store):
         return self._waiters.wait(
             lambda: self.change_index(namespace, service_name), index, timeout
         )
+
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        self._waiters.subscribe(callback)
 
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         self._start_sweeper()

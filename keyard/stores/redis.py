@@ -818,6 +818,9 @@ class RedisStore(Store):
             lambda: self.change_index(namespace, service_name), index, timeout
         )
 
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        self._waiters.subscribe(callback)
+
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         """One transaction: the sequence, the highest number trimmed, the log above ``index``."""
         self._start_watching()

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -756,6 +756,7 @@ class SqliteStore(Store):
     OPTIONS = ("path", "timeout")
     shared_across_processes = True
     watchable = True
+    reads_are_local = True
 
     def __init__(
         self,
@@ -996,6 +997,9 @@ class SqliteStore(Store):
         return self._waiters.wait(
             lambda: self.change_index(namespace, service_name), index, timeout
         )
+
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        self._waiters.subscribe(callback)
 
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         """One read transaction: the namespace's sequence, then its log above ``index``."""

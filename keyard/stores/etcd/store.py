@@ -328,6 +328,9 @@ class EtcdStore(Store):
             lambda: self.change_index(namespace, service_name), index, timeout
         )
 
+    def subscribe_changes(self, callback: Callable[[], None]) -> None:
+        self.changes.waiters.subscribe(callback)
+
     @_at_the_edge
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         self._start_watching()
