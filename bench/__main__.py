@@ -9,6 +9,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -17,7 +18,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import backends, http_load, in_process, peers, population, report, servers
+from bench import (
+    backends,
+    http_load,
+    in_process,
+    peers,
+    population,
+    report,
+    servers,
+    wakeup,
+    watchers,
+)
 from keyard.cli import default_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +49,9 @@ class Plan:
     http_population: int
     memory_instances: int
     candidates: int
+    #: watchers waiting at once on ``keyard serve``; wake-ups measured per store
+    watchers: int
+    wakeups: int
 
 
 FULL = Plan(
@@ -49,6 +63,8 @@ FULL = Plan(
     http_population=10_000,
     memory_instances=100_000,
     candidates=4,
+    watchers=10_000,
+    wakeups=100,
 )
 QUICK = Plan(
     local_sizes=(100, 1_000),
@@ -59,9 +75,13 @@ QUICK = Plan(
     http_population=100,
     memory_instances=1_000,
     candidates=1,
+    watchers=50,
+    wakeups=5,
 )
 
 
+#: The stores whose wake-up latency is measured (the cache options wake as their store).
+WAKEUP_STORES = ("sqlite", "redis", "etcd")
 #: The store ``keyard serve`` uses unless told otherwise.
 DEFAULT_STORE = "sqlite"
 #: Threads per worker: gunicorn's gthread threads, granian's blocking threads.
@@ -159,6 +179,24 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
                     )
                     for server in CANDIDATES[: plan.candidates]
                 ]  # fmt: skip
+    print(f"{plan.watchers:,} watchers waiting on keyard serve (sqlite), then one change")
+    results["watchers"] = watchers.main([
+        "--watchers", str(plan.watchers),
+        "--seconds", f"{plan.load.seconds:g}", "--repeats", str(plan.load.repeats),
+    ])  # fmt: skip
+    print("wake-up latency: a write in one process, a waiter in another")
+    results["wakeups"] = {}
+    for store in (s for s in stores if s in WAKEUP_STORES):
+        with backends.running(store, workdir / f"wakeup-{store}") as options:
+            found = sorted(wakeup.measure(store, options, plan.wakeups))
+        results["wakeups"][store] = {
+            "rounds": len(found),
+            "median_ms": statistics.median(found),
+            "p99_ms": found[min(len(found) - 1, int(len(found) * 0.99))],
+            "max_ms": found[-1],
+        }
+        print(f"  {store}: median {results['wakeups'][store]['median_ms']:.1f} ms, "
+              f"p99 {results['wakeups'][store]['p99_ms']:.1f} ms", flush=True)
     print("peers: the same lookup from other registries")
     results["peers"] = [peers.etcd_v2_get(plan.load, workdir)]
     results["seconds"] = round(time.monotonic() - started, 1)

@@ -27,6 +27,13 @@ GROWTH = 1.25
 IN_PROCESS_OVER_BARE = {"lookup": 1.5, "weighted": 1.6}
 IN_PROCESS_STORES = ("simple", "sqlite")
 BYTES_PER_INSTANCE = 1024
+#: Issue 11: 10,000 watchers on ``keyard serve``: all answered within this many ms of
+#: one change, each holding at most this many bytes, lookups keeping this share.
+WATCHERS_ANSWERED_MS = 2_000
+WATCHER_BYTES = 50_000
+LOOKUPS_WITH_WATCHERS = 0.80
+#: p99 of a watcher's wake-up after a write in another process, ms, per store.
+WAKEUP_P99_MS = {"sqlite": 100, "redis": 100, "etcd": 250}
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 DEFAULT_SERVER = "granian"
@@ -140,6 +147,7 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
                 f"{points[0][figure]:.0f} -> {points[-1][figure]:.0f} us",
                 at_most=True,
             )
+    yield from _watch_targets(results)
     memory = results["memory"]
     yield Target(
         "memory store: bytes per instance",
@@ -156,6 +164,47 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
         unit=" bytes",
         at_most=True,
     )
+
+
+def _watch_targets(results: dict[str, Any]) -> Iterator[Target]:
+    """Issue 11's goals: many watchers on ``keyard serve``, and wake-up latency."""
+    found = results.get("watchers")
+    if found and found.get("answer_max_s") is not None:
+        count = f"{found['watchers']:,} watchers"
+        yield Target(
+            f"{count} on `keyard serve` (sqlite): the last answered after one change",
+            WATCHERS_ANSWERED_MS,
+            found["answer_max_s"] * 1000,
+            f"p50 {found['answer_p50_s'] * 1000:.0f} ms, {found['answered_with_new_index']:,} of "
+            f"{found['waiting_at_change']:,} waiting answered with the new index",
+            unit=" ms",
+            at_most=True,
+        )
+        yield Target(
+            f"{count}: memory per waiting watcher (the server's RSS growth)",
+            WATCHER_BYTES,
+            found["rss_growth_per_watcher_bytes"],
+            f"RSS {found['rss_before_bytes'] / 2**20:.0f} -> "
+            f"{found['rss_waiting_bytes'] / 2**20:.0f} MiB",
+            unit=" bytes",
+            at_most=True,
+        )
+        yield Target(
+            f"{count} waiting: lookups / lookups with none",
+            LOOKUPS_WITH_WATCHERS,
+            found["lookup_ratio"],
+            f"{found['lookups_with_watchers']['rps']:,.0f} vs "
+            f"{found['lookups_without_watchers']['rps']:,.0f} req/s",
+        )
+    for store, wake in results.get("wakeups", {}).items():
+        yield Target(
+            f"{store}: p99 of a watcher's wake-up after a write in another process",
+            WAKEUP_P99_MS[store],
+            wake["p99_ms"],
+            f"median {wake['median_ms']:.1f} ms, {wake['rounds']} wake-ups",
+            unit=" ms",
+            at_most=True,
+        )
 
 
 def draw(results: dict[str, Any], path: Path) -> None:

@@ -147,6 +147,25 @@ def test_readme_table_shows_the_in_process_goals_of_memory_and_sqlite(quick_resu
         assert f"| {store}: a choice of 10 instances / the bare falcon handler's" in table
 
 
+def test_quick_run_measures_watchers_on_keyard_serve_and_wake_ups_per_store(quick_results):
+    _, results = quick_results
+    found = results["watchers"]
+    assert found["watchers"] == 50
+    assert found["answered_with_new_index"] == found["waiting_at_change"] > 0
+    assert found["lost"] == 0
+    table = report.table(results)
+    assert "| 50 watchers on `keyard serve` (sqlite): the last answered after one change " \
+        "| <= 2,000 ms |" in table
+    assert "| 50 watchers: memory per waiting watcher (the server's RSS growth) " \
+        "| <= 50,000 bytes |" in table
+    for store in set(STORES) & {"sqlite", "redis", "etcd"}:
+        wake = results["wakeups"][store]
+        assert wake["rounds"] == 5 and wake["median_ms"] <= wake["p99_ms"] <= wake["max_ms"]
+        goal = "250" if store == "etcd" else "100"
+        assert f"| {store}: p99 of a watcher's wake-up after a write in another process " \
+            f"| <= {goal} ms |" in table
+
+
 def test_a_missed_goal_says_by_how_much():
     target = report.Target("lookups, x / y", 5.0, 4.0, "4 vs 1 req/s")
     assert not target.met and target.short_by == pytest.approx(0.20)
