@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         workdir = Path(temp)
         config = workdir / "config.json"
         config.write_text(json.dumps(
-            {"store_type": "sqlite", "sqlite": {"path": str(workdir / "registry.db")}}
+            # Leases outlast the run: an expiry mid-run would wake the watchers early.
+            {"store_type": "sqlite", "default_ttl": 3600,
+             "sqlite": {"path": str(workdir / "registry.db")}}
         ))
         port = free_port()
         command = server_command(args.command, port)
