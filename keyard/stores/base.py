@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar
 
 from keyard.model import Instance, InstanceKey, ServiceSummary
-from keyard.stores.changes import Change
+from keyard.stores.changes import Change, Waiters
 
 #: The fields :meth:`Store.put` may be asked to keep from the live record.
 KEEPABLE = frozenset({"ttl", "status", "tags", "metadata", "weight"})
@@ -189,6 +189,10 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
 
+    #: This process's waiters on the store's change indexes, set by the constructor of a
+    #: store that keeps them: :meth:`wait_for_change` and :meth:`subscribe_changes` use it.
+    waiters: Waiters | None = None
+
     def wait_for_change(
         self, namespace: str, service_name: str | None, index: int, timeout: float
     ) -> int:
@@ -198,7 +202,12 @@ class Store(abc.ABC):
         ``timeout`` plus one read. A backend that cannot be reached raises
         :class:`~keyard.errors.StoreUnavailable` (within its timeout), even mid-wait.
         """
-        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
+        if self.waiters is None:
+            name = self.name or type(self).__name__
+            raise NotImplementedError(f"the {name} store keeps no index")
+        return self.waiters.wait(
+            lambda: self.change_index(namespace, service_name), index, timeout
+        )
 
     def subscribe_changes(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever this process's :meth:`wait_for_change` waiters are
@@ -208,7 +217,10 @@ class Store(abc.ABC):
         ``callback`` must be quick and must not raise. It may be called when nothing
         changed; a change is never missed for longer than the store's recheck (2 s at most).
         """
-        raise NotImplementedError(f"the {self.name or type(self).__name__} store keeps no index")
+        if self.waiters is None:
+            name = self.name or type(self).__name__
+            raise NotImplementedError(f"the {name} store keeps no index")
+        self.waiters.subscribe(callback)
 
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         """The namespace's changes numbered above ``index``, oldest first.

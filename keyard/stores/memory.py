@@ -12,7 +12,7 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from keyard.errors import ConfigError, IndexTooOld
@@ -41,6 +41,8 @@ class MemoryStore(Store):
     record, paid by the call that finds it due, never a scan of the registry.
     """
 
+    waiters: Waiters  # always kept
+
     name = "simple"
     OPTIONS = ()
     shared_across_processes = False
@@ -65,7 +67,8 @@ class MemoryStore(Store):
         self._indexes: dict[tuple[str, str], int] = {}
         self._logs: dict[str, deque[tuple[float, Change]]] = {}
         self._dropped: dict[str, int] = {}
-        self._waiters = Waiters(recheck=5.0)
+        # Woken by this process's writes and by the sweeper's expiries.
+        self.waiters = Waiters(recheck=5.0)
         #: Seconds of changes the log keeps (tests shorten it).
         self.log_seconds = LOG_SECONDS
         self._sweeper: PerProcess[Sweeper] = PerProcess()
@@ -162,17 +165,6 @@ class MemoryStore(Store):
             return self._sequences.get(namespace, FIRST_INDEX)
         return self._indexes.get((namespace, service_name), FIRST_INDEX)
 
-    def wait_for_change(
-        self, namespace: str, service_name: str | None, index: int, timeout: float
-    ) -> int:
-        """Woken by this process's writes and by the sweeper's expiries."""
-        return self._waiters.wait(
-            lambda: self.change_index(namespace, service_name), index, timeout
-        )
-
-    def subscribe_changes(self, callback: Callable[[], None]) -> None:
-        self._waiters.subscribe(callback)
-
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         self._start_sweeper()
         with self._lock:
@@ -210,7 +202,7 @@ class MemoryStore(Store):
         entries.append((clock, Change(index, kind, instance)))
         while entries and entries[0][0] < clock - self.log_seconds:
             self._dropped[namespace] = entries.popleft()[1].change_index
-        self._waiters.notify()
+        self.waiters.notify()
 
     def _start_sweeper(self) -> None:
         if self._sweeper.here() is None:

@@ -581,6 +581,8 @@ def _is_authentication_failure(exc: redis.exceptions.RedisError) -> bool:
 class RedisStore(Store):
     """Instances in Redis: per service a sorted set by expiry and a hash of records."""
 
+    waiters: Waiters  # always kept
+
     name = "redis"
     OPTIONS = _OPTIONS
     shared_across_processes = True
@@ -630,7 +632,8 @@ class RedisStore(Store):
         self._sweep_service = script(_SWEEP_LUA)
         # The change API: this process's waiters, woken by its subscriber thread; its
         # sweeper (both started by the first use of the API in the process).
-        self._waiters = Waiters(recheck=2.0)
+        # Woken by the message every change publishes on its namespace's sequence key.
+        self.waiters = Waiters(recheck=2.0)
         self._watching: PerProcess[tuple[BackgroundThread, Sweeper]] = PerProcess()
         self._upgraded = False
         self._upgrade_lock = threading.Lock()
@@ -810,17 +813,6 @@ class RedisStore(Store):
                 found = self.client.hget(indexes, _quoted(service_name))
         return int(found) if found is not None else FIRST_INDEX
 
-    def wait_for_change(
-        self, namespace: str, service_name: str | None, index: int, timeout: float
-    ) -> int:
-        """Woken by the message every change publishes on its namespace's sequence key."""
-        return self._waiters.wait(
-            lambda: self.change_index(namespace, service_name), index, timeout
-        )
-
-    def subscribe_changes(self, callback: Callable[[], None]) -> None:
-        self._waiters.subscribe(callback)
-
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         """One transaction: the sequence, the highest number trimmed, the log above ``index``."""
         self._start_watching()
@@ -865,16 +857,16 @@ class RedisStore(Store):
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe(pattern)
-                self._waiters.notify()  # what changed while not subscribed
+                self.waiters.notify()  # what changed while not subscribed
                 while not thread.stopping.is_set():
                     if pubsub.get_message(timeout=0.5) is not None:
-                        self._waiters.notify()
+                        self.waiters.notify()
                     backoff.reset()
             except redis.exceptions.RedisError as exc:
                 pause = backoff.next()
                 if backoff.failures == 1:
                     log.warning("%s: watching for changes failed: %s", self.where, exc)
-                self._waiters.notify()  # the waiters read again, and see the failure
+                self.waiters.notify()  # the waiters read again, and see the failure
                 thread.wait(pause)
             finally:
                 with contextlib.suppress(redis.exceptions.RedisError, OSError):

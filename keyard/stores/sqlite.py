@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -752,6 +752,8 @@ class SqliteStore(Store):
     ``PURGE_BATCH`` rows at a time (sooner while a backlog remains).
     """
 
+    waiters: Waiters  # always kept
+
     name = "sqlite"
     OPTIONS = ("path", "timeout")
     shared_across_processes = True
@@ -795,7 +797,8 @@ class SqliteStore(Store):
         self.upgraded = 0
         # The change API: this process's waiters, woken by its watch thread (started by
         # the first use of the API in the process), which also sweeps and trims.
-        self._waiters = Waiters(recheck=2.0)
+        # Woken within WATCH_POLL of a commit of any process (PRAGMA data_version).
+        self.waiters = Waiters(recheck=2.0)
         self._watcher: PerProcess[BackgroundThread] = PerProcess()
         #: Seconds of changes the log keeps (tests shorten it).
         self.log_seconds = LOG_SECONDS
@@ -990,17 +993,6 @@ class SqliteStore(Store):
                 row = db.execute(_SERVICE_INDEX, parameters).fetchone()
         return int(row[0]) if row is not None else FIRST_INDEX
 
-    def wait_for_change(
-        self, namespace: str, service_name: str | None, index: int, timeout: float
-    ) -> int:
-        """Woken within WATCH_POLL of a commit of any process (``PRAGMA data_version``)."""
-        return self._waiters.wait(
-            lambda: self.change_index(namespace, service_name), index, timeout
-        )
-
-    def subscribe_changes(self, callback: Callable[[], None]) -> None:
-        self._waiters.subscribe(callback)
-
     def changes_since(self, namespace: str, index: int) -> list[Change]:
         """One read transaction: the namespace's sequence, then its log above ``index``."""
         self._start_watching()
@@ -1046,7 +1038,7 @@ class SqliteStore(Store):
                 version = connection.execute(_DATA_VERSION).fetchone()[0]
                 if version != seen:
                     seen = version
-                    self._waiters.notify()
+                    self.waiters.notify()
                 clock = time.monotonic()
                 if clock >= next_sweep:
                     next_sweep = clock + SWEEP_INTERVAL
@@ -1066,7 +1058,7 @@ class SqliteStore(Store):
                 if connection is not None:
                     self._close_connection(connection, identity)
                 connection = None
-                self._waiters.notify()  # the waiters read again, and see the failure
+                self.waiters.notify()  # the waiters read again, and see the failure
         if connection is not None:
             self._close_connection(connection, identity)
 

@@ -160,6 +160,8 @@ class EtcdStore(Store):
         self._upgrade_lock: PerProcess[threading.Lock] = PerProcess()  # one for each process
         #: The change indexes, log and waits (keyard.stores.etcd.changes).
         self.changes = EtcdChanges(self._cluster, self.base_path, self.timeout)
+        # Woken by the process's watch of the change keys (keyard.stores.etcd.changes).
+        self.waiters = self.changes.waiters
         self._watching: PerProcess[tuple[BackgroundThread, Sweeper]] = PerProcess()
 
     @classmethod
@@ -319,17 +321,6 @@ class EtcdStore(Store):
         """One quorum read: the ``modifiedIndex`` of the service's (or catalog's) change key."""
         self._start_watching()
         return self.changes.index(namespace, service_name)
-
-    def wait_for_change(
-        self, namespace: str, service_name: str | None, index: int, timeout: float
-    ) -> int:
-        """Woken by the process's watch of the change keys (see keyard.stores.etcd.changes)."""
-        return self.changes.waiters.wait(
-            lambda: self.change_index(namespace, service_name), index, timeout
-        )
-
-    def subscribe_changes(self, callback: Callable[[], None]) -> None:
-        self.changes.waiters.subscribe(callback)
 
     @_at_the_edge
     def changes_since(self, namespace: str, index: int) -> list[Change]:
