@@ -22,9 +22,11 @@ setup(
         "click>=8.1",
         "PyJWT>=2.8",
         "cryptography>=41",
+        # the Eureka API's XML input: never expands entities or DTDs
+        "defusedxml>=0.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "webtest>=3", "ruff", "mypy"],
+        "test": ["pytest>=7", "webtest>=3", "ruff", "mypy", "py-eureka-client==0.13.3"],
         "bench": ["matplotlib>=3.7"],
     },
     entry_points={

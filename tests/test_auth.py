@@ -110,6 +110,42 @@ def test_mode_trusted_refuses_no_token_an_empty_one_or_one_too_long() -> None:
     assert_refused(lookup(api, {"Authorization": "Token staging"}), "Bearer TOKEN")
 
 
+def basic(user: str, password: str | None) -> dict[str, str]:
+    pair = user if password is None else f"{user}:{password}"
+    return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+
+
+def test_basic_credentials_carry_the_token_as_password_or_as_a_lone_user_name() -> None:
+    """For Eureka's and lyft's clients, which take credentials in their server URL."""
+    api = app_with({"mode": "trusted"})
+    assert register(api, basic("keyard", "staging"), instance_id="a").status_int == 201
+    assert register(api, basic("équipe", ""), instance_id="b").status_int == 201
+    staging = api.get("/keyard/services/payments", headers=bearer("staging")).json
+    assert [r["instance_id"] for r in staging["instances"]] == ["a"]
+    named = api.get("/keyard/services/payments", headers=basic("x", "équipe")).json
+    assert [r["namespace"] for r in named["instances"]] == ["équipe"]
+
+    jwt_api = app_with({"mode": "jwt", "jwt_secret": SECRET})
+    token = jwt.encode({"namespace": "team-a"}, SECRET)
+    assert register(jwt_api, basic("keyard", token)).status_int == 201
+    records = jwt_api.get("/keyard/services/payments", headers=bearer(token)).json
+    assert [r["namespace"] for r in records["instances"]] == ["team-a"]
+    assert_refused(register(jwt_api, basic("keyard", "not-a-jwt")), "", "not-a-jwt")
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ("Basic !!", "not base64"),
+    ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), "not base64 of UTF-8"),
+    ("Basic " + base64.b64encode(b"no-colon").decode(), "no ':'"),
+    ("Basic " + base64.b64encode(b":").decode(), "empty"),
+    ("Basic", "empty"),
+    ("Digest abc", "another scheme"),
+])  # fmt: skip
+def test_bad_basic_credentials_are_a_401_naming_why(header: str, reason: str) -> None:
+    api = app_with({"mode": "trusted"})
+    assert_refused(lookup(api, {"Authorization": header}), reason)
+
+
 def test_a_header_that_is_not_utf8_is_a_401_not_a_500() -> None:
     api = app_with({"mode": "trusted"})
     answer = api.get(

@@ -1,4 +1,9 @@
-"""Every request's namespace, from its ``Authorization: Bearer`` header.
+"""Every request's namespace, from its ``Authorization`` header.
+
+The token is a bearer token (``Authorization: Bearer TOKEN``) or, for clients that
+cannot send one (Eureka's and lyft's, which take credentials in their server URL:
+``http://keyard:TOKEN@host:8000/eureka/``), the password of HTTP basic credentials
+(the user name alone when there is no password; the user name is otherwise unused).
 
 Applied by the mounting table (:mod:`keyard.api`) to every tree, before routing:
 a request the authenticator refuses gets a 401 (with ``WWW-Authenticate:
@@ -10,6 +15,9 @@ logs: in trusted mode the namespace is the token.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import falcon
 
 from keyard.auth import Authenticator
@@ -17,10 +25,11 @@ from keyard.errors import Unauthorized
 
 
 def bearer_token(req: falcon.Request) -> str | None:
-    """The bearer token of the request, ``None`` when it sent no ``Authorization``.
+    """The token of the request, ``None`` when it sent no ``Authorization``.
 
-    Unauthorized for another scheme, a header that is not UTF-8, or ``Bearer``
-    alone (an empty token).
+    Unauthorized for a scheme other than Bearer and Basic, a header that is not
+    UTF-8, ``Bearer`` alone (an empty token), or basic credentials that are not
+    base64 of ``user:password``.
     """
     raw = req.env.get("HTTP_AUTHORIZATION")
     if raw is None:
@@ -39,10 +48,12 @@ def bearer_token(req: falcon.Request) -> str | None:
         else:
             raise Unauthorized("the Authorization header is not valid UTF-8") from exc
     scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() == "basic":
+        return _basic_token(token.strip())
     if scheme.lower() != "bearer":
         raise Unauthorized(
-            "the Authorization header must be 'Bearer TOKEN'; "
-            f"{'no scheme' if not scheme else 'another scheme'} was given"
+            "the Authorization header must be 'Bearer TOKEN' (or basic credentials whose "
+            f"password is the token); {'no scheme' if not scheme else 'another scheme'} was given"
         )
     token = token.strip()
     if not token:
@@ -50,8 +61,27 @@ def bearer_token(req: falcon.Request) -> str | None:
     return token
 
 
+def _basic_token(encoded: str) -> str:
+    """The token of basic credentials: the password, or the user name when it has none."""
+    if not encoded:
+        raise Unauthorized("the basic credentials are empty: put the token as the password")
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise Unauthorized(
+            "the basic credentials are not base64 of UTF-8 'user:password'"
+        ) from exc
+    user, colon, password = decoded.partition(":")
+    if not colon:
+        raise Unauthorized("the basic credentials have no ':' between user and password")
+    token = password or user
+    if not token:
+        raise Unauthorized("the basic credentials are empty: put the token as the password")
+    return token
+
+
 class Authenticate:
-    """Middleware: ``req.context.namespace`` (and ``principal``) from the bearer token."""
+    """Middleware: ``req.context.namespace`` (and ``principal``) from the request's token."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
