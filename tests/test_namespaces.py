@@ -348,7 +348,8 @@ def test_no_route_of_any_tree_answers_without_credentials(mode: str) -> None:
             methods += 1
     assert methods >= 5 + 5 * 2
     # A bad credential is no better than none, and a path no tree serves is refused too.
-    for headers in ({"Authorization": "Bearer "}, {"Authorization": "Basic !!"}, {"Authorization": "Digest x"}):
+    for value in ("Bearer ", "Basic !!", "Digest x"):
+        headers = {"Authorization": value}
         assert api.get("/keyard/services", headers=headers, expect_errors=True).status_int == 401
     assert api.get("/not-served", expect_errors=True).status_int == 401
     # With credentials the same routes answer.
