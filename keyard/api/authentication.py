@@ -63,8 +63,6 @@ def bearer_token(req: falcon.Request) -> str | None:
 
 def _basic_token(encoded: str) -> str:
     """The token of basic credentials: the password, or the user name when it has none."""
-    if not encoded:
-        raise Unauthorized("the basic credentials are empty: put the token as the password")
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, ValueError) as exc:
@@ -72,11 +70,11 @@ def _basic_token(encoded: str) -> str:
             "the basic credentials are not base64 of UTF-8 'user:password'"
         ) from exc
     user, colon, password = decoded.partition(":")
-    if not colon:
-        raise Unauthorized("the basic credentials have no ':' between user and password")
     token = password or user
     if not token:
         raise Unauthorized("the basic credentials are empty: put the token as the password")
+    if not colon:
+        raise Unauthorized("the basic credentials have no ':' between user and password")
     return token
 
 
