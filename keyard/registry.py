@@ -28,6 +28,7 @@ from keyard.model import (
     ServiceSummary,
 )
 from keyard.stores.base import Store
+from keyard.stores.changes import Change
 
 Clock = Callable[[], float]
 #: No filter but the default one: UP instances of every version.
@@ -301,6 +302,16 @@ class Registry:
         """Every service of the namespace with a live instance, sorted by name."""
         return self.store.services(namespace, self.clock())
 
+    def everything(self, namespace: str) -> list[Instance]:
+        """Every live instance of the namespace, whatever its status, by service then as
+        :meth:`read` orders them (what a whole-registry answer such as Eureka's lists)."""
+        now = self.clock()
+        store = self.store
+        found: list[Instance] = []
+        for summary in store.services(namespace, now):
+            found.extend(store.lookup(namespace, summary.service_name, None, now))
+        return found
+
     # -- blocking reads ----------------------------------------------------------------
 
     def watch_instances(
@@ -355,6 +366,21 @@ class Registry:
         if not self.store.watchable:
             return None
         return self.store.change_index(namespace, service_name)
+
+    def changes_since(self, namespace: str, index: int) -> list[Change]:
+        """The namespace's changes numbered above ``index``, oldest first (what a delta
+        answer lists; see :meth:`Store.changes_since`).
+
+        :class:`~keyard.errors.IndexTooOld` when the log no longer reaches back to
+        ``index``; InvalidInput when the store keeps no change log.
+        """
+        if not self.store.watchable:
+            raise InvalidInput(
+                f"the {self.store.name or 'configured'} store keeps no change log"
+            )
+        if index < 0:
+            raise InvalidInput(f"index must be a whole number of at least 0, got {index}")
+        return self.store.changes_since(namespace, index)
 
     @property
     def reads_are_local(self) -> bool:

@@ -238,3 +238,29 @@ def test_deregister_location_finds_instances_registered_with_their_own_ids(
     assert [i.location for i in registry.instances(NS, "web")] == ["http://b"]
     with pytest.raises(NotFound, match="at location 'http://a'"):
         registry.deregister_location(NS, "web", "1.0", "http://a")
+
+
+def test_everything_lists_every_live_instance_of_the_namespace_whatever_its_status(
+    registry: Registry, clock: FakeClock
+) -> None:
+    registry.register(reg("http://a"))
+    registry.register(reg("http://b", status="DOWN"))
+    registry.register(reg("http://c", service_name="api", ttl=5))
+    registry.register(reg("http://d", namespace="other"))
+    assert [(i.service_name, i.location) for i in registry.everything(NS)] == [
+        ("api", "http://c"), ("web", "http://a"), ("web", "http://b")]
+    clock.advance(6)
+    assert [i.location for i in registry.everything(NS)] == ["http://a", "http://b"]
+
+
+def test_changes_since_lists_the_changes_after_an_index_oldest_first(registry: Registry) -> None:
+    start = registry.change_index(NS, None)
+    assert start is not None
+    registry.register(reg("http://a"))
+    registry.deregister(key(derived_instance_id("1.0", "http://a")))
+    changes = registry.changes_since(NS, start)
+    assert [(c.kind, c.instance.location) for c in changes] == [
+        ("put", "http://a"), ("removed", "http://a")]
+    assert registry.changes_since(NS, changes[-1].change_index) == []
+    with pytest.raises(InvalidInput, match="at least 0"):
+        registry.changes_since(NS, -1)

@@ -73,8 +73,9 @@ def mount(app: falcon.App, registry: Registry) -> None:
 def tree_for(path: str) -> Tree | None:
     """The tree that serves ``path``, or None."""
     for tree in TREES:
-        if path == tree.prefix or path.startswith(tree.prefix + "/"):
-            return tree
+        for prefix in tree.prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return tree
     return None
 
 
@@ -114,7 +115,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
         return
     body = ex.to_dict()
     if ex.status == falcon.HTTP_404 and "description" not in body:
-        served = ", ".join(tree.prefix for tree in TREES)
+        served = ", ".join(prefix for tree in TREES for prefix in tree.prefixes)
         body["description"] = f"nothing is served at {req.path!r}; keyard serves {served}"
     resp.content_type = falcon.MEDIA_JSON
     resp.media = body

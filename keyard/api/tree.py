@@ -11,13 +11,17 @@ from keyard.registry import Registry
 
 
 class Tree(Protocol):
-    """One API: a path prefix, its routes, its middleware and its error body."""
+    """One API: its path prefixes, its routes, its middleware and its error body.
 
-    prefix: str
+    A path belongs to the tree when it is one of :attr:`prefixes` or starts with one
+    and a ``/`` (``/eureka`` holds ``/eureka/v2/apps``); no two trees share a prefix.
+    """
+
+    prefixes: Sequence[str]
     middleware: Sequence[Any]
 
     def mount(self, app: falcon.App, registry: Registry) -> None:
-        """Add the tree's routes, each under :attr:`prefix`."""
+        """Add the tree's routes, each under one of :attr:`prefixes`."""
         ...
 
     def serialize_error(

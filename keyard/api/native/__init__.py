@@ -72,11 +72,11 @@ class _OptionsAnswer:
 class NativeTree:
     """The native tree for :mod:`keyard.api`'s mounting table."""
 
-    prefix = PREFIX
+    prefixes = (PREFIX,)
     middleware: Sequence[Any] = (_RequireJsonAccept(), _OptionsAnswer())
 
     def mount(self, app: falcon.App, registry: Registry) -> None:
-        base = self.prefix
+        base = PREFIX
         app.add_route(base, resources.KeyardResource(registry))
         app.add_route(f"{base}/services", resources.ServicesResource(registry))
         app.add_route(f"{base}/services/{{service_name}}", resources.ServiceResource(registry))
