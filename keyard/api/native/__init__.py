@@ -72,7 +72,7 @@ class _OptionsAnswer:
 class NativeTree:
     """The native tree for :mod:`keyard.api`'s mounting table."""
 
-    prefixes = (PREFIX,)
+    prefixes: Sequence[str] = (PREFIX,)
     middleware: Sequence[Any] = (_RequireJsonAccept(), _OptionsAnswer())
 
     def mount(self, app: falcon.App, registry: Registry) -> None:
