@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from keyard import model
 from keyard.balancing import Strategy, default_strategies
-from keyard.errors import CapacityExceeded, InvalidInput, NotFound
+from keyard.errors import CapacityExceeded, IndexTooOld, InvalidInput, NotFound
 from keyard.model import (
     DEFAULT_WEIGHT,
     UP,
@@ -381,6 +381,28 @@ class Registry:
         if index < 0:
             raise InvalidInput(f"index must be a whole number of at least 0, got {index}")
         return self.store.changes_since(namespace, index)
+
+    def recent_changes(self, namespace: str) -> list[Change]:
+        """Every change the namespace's log still holds, oldest first: those of the last
+        :data:`~keyard.stores.changes.LOG_SECONDS` at least (what Eureka's delta lists).
+
+        The log's start is found by a binary search with :meth:`changes_since` (about
+        log2 of the catalog index store reads); InvalidInput when the store keeps no
+        change log.
+        """
+        try:
+            return self.changes_since(namespace, 0)
+        except IndexTooOld:
+            pass
+        latest = self.change_index(namespace, None) or 0
+        low, high, found = 0, latest, []  # changes_since(low) fails, (high) answers
+        while high - low > 1:
+            middle = (low + high) // 2
+            try:
+                found, high = self.changes_since(namespace, middle), middle
+            except IndexTooOld:
+                low = middle
+        return found
 
     @property
     def reads_are_local(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 
@@ -264,3 +265,19 @@ def test_changes_since_lists_the_changes_after_an_index_oldest_first(registry: R
     assert registry.changes_since(NS, changes[-1].change_index) == []
     with pytest.raises(InvalidInput, match="at least 0"):
         registry.changes_since(NS, -1)
+
+
+def test_recent_changes_lists_what_the_log_still_holds(registry: Registry) -> None:
+    for n in range(5):
+        registry.register(reg(f"http://{n}"))
+    assert [c.instance.location for c in registry.recent_changes(NS)] == [
+        f"http://{n}" for n in range(5)]
+    store = registry.store
+    assert isinstance(store, MemoryStore)
+    store.log_seconds = 0.05  # the log now keeps only the changes of the last 50 ms
+    time.sleep(0.1)
+    for n in range(5, 40):
+        registry.register(reg(f"http://{n}"))
+    kept = [c.instance.location for c in registry.recent_changes(NS)]
+    assert kept and kept == [f"http://{n}" for n in range(40 - len(kept), 40)]
+    assert "http://4" not in kept
