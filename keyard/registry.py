@@ -427,6 +427,37 @@ class Registry:
     def _unknown(key: InstanceKey) -> str:
         return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
 
+    # -- leases and metadata of known instances (Eureka's heartbeat and metadata update) --
+
+    def renew(self, key: InstanceKey) -> Instance:
+        """Extend the live instance's lease by its TTL, changing nothing else; NotFound
+        when no live instance has the key (unlike :meth:`heartbeat`, which registers it).
+
+        A read, then a write: an instance deregistered between the two is stored again as
+        it was read, as a heartbeat racing a deregistration would store it. Moves no
+        change index.
+        """
+        live = self.get(key)
+        now = self.clock()
+        renewed = live._replace(last_heartbeat_at=now, expires_at=now + live.ttl)
+        return self.store.put(renewed, _KEEP_ALL_BUT_METADATA | {"metadata"})[0]
+
+    def merge_metadata(self, key: InstanceKey, metadata: Mapping[str, str]) -> Instance:
+        """Add ``metadata``'s entries to the live instance's (replacing those of the same
+        keys) and extend its lease; NotFound when no live instance has the key,
+        InvalidInput when the result is over the metadata bounds. A read, then a write:
+        of two merges at the same moment, one may be lost (the later write wins).
+        """
+        live = self.get(key)
+        merged = model.check_metadata({**live.metadata, **metadata})
+        now = self.clock()
+        changed = live._replace(metadata=merged, last_heartbeat_at=now, expires_at=now + live.ttl)
+        return self.store.put(changed, _KEEP_ALL_BUT_METADATA)[0]
+
+
+#: What :meth:`Registry.merge_metadata` keeps of the live record (the store's keep set).
+_KEEP_ALL_BUT_METADATA = frozenset({"ttl", "status", "tags", "weight"})
+
 
 def spread_wait(wait: float) -> float:
     """``wait`` and a random extra of up to ``wait / 16``, which spreads the wake-ups of

@@ -7,6 +7,8 @@ it owns its routes, how it reads requests, its answers and its error body.
 prefix                tree
 ====================  =====================================================
 ``/keyard``           :mod:`keyard.api.native`: keyard's own API
+``/eureka``           :mod:`keyard.api.eureka`: Netflix Eureka's (``/eureka/apps``,
+                      ``/eureka/v2/apps``)
 ====================  =====================================================
 
 The Eureka, lyft discovery and Amalgam8 APIs, and the operations endpoints, are
@@ -26,7 +28,7 @@ from typing import Any
 import falcon
 
 from keyard import auth
-from keyard.api import native, paths
+from keyard.api import eureka, native, paths
 from keyard.api.authentication import Authenticate
 from keyard.api.transport import RequireHttps, networks
 from keyard.api.tree import Tree
@@ -43,7 +45,7 @@ from keyard.helpers.config import Config
 from keyard.registry import Registry
 
 #: The mounting table: every tree keyard serves, by its path prefix.
-TREES: Sequence[Tree] = (native.TREE,)
+TREES: Sequence[Tree] = (native.TREE, eureka.TREE)
 
 
 def middleware(config: Config) -> list[Any]:
