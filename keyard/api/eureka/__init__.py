@@ -19,10 +19,13 @@ route                                             methods
 ``ROOT/vips/{vip}``, ``ROOT/svips/{vip}``         GET: instances of a (secure) VIP
 ================================================  ================================
 
-Errors are a status and a short ``text/plain`` body that says what is wrong,
-except a heartbeat's (``PUT ROOT/apps/{app}/{instance_id}``), whose body is
-empty: Eureka's Java clients decode any heartbeat answer's body as an instance.
-Every success but the registration's 204 and the GETs' answers has an empty body.
+Eureka defines no error body (its server answers most errors with none). This
+tree answers a status and keyard's short JSON error, ``{"title", "description"}``
+saying what is wrong, except for a heartbeat (``PUT ROOT/apps/{app}/{instance_id}``):
+its 404 and 400 have an empty body, because Eureka's Java clients decode a heartbeat
+answer's body as an instance, and would fail instead of registering again (a 401
+keeps its JSON body: the client is misconfigured, and fails either way). Every success
+but the GETs' answers has an empty body (a registration is 204, the rest 200).
 """
 
 from __future__ import annotations
@@ -75,19 +78,23 @@ class EurekaTree:
     def serialize_error(
         self, req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
     ) -> None:
-        """A short text body naming what is wrong; a heartbeat's errors have none."""
-        if _is_heartbeat(req):
+        """keyard's JSON error body; none for a heartbeat's errors but a 401."""
+        if _is_heartbeat(req) and ex.status != falcon.HTTP_401:
             resp.content_type = None
             resp.data = b""
             return
-        text = ex.description or ex.title or str(ex.status)
-        if ex.status == falcon.HTTP_404 and ex.description is None:
-            text = f"nothing is served at {req.path!r}; the Eureka API is under {', '.join(ROOTS)}"
-        elif ex.status == falcon.HTTP_405 and ex.description is None:
-            allowed = dict(ex.headers or {}).get("Allow", "")
-            text = f"{req.method} is not allowed on {req.path!r}; use {allowed}"
-        resp.content_type = falcon.MEDIA_TEXT
-        resp.data = (text + "\n").encode("utf-8")
+        body = ex.to_dict()
+        if "description" not in body:
+            if ex.status == falcon.HTTP_404:
+                served = ", ".join(ROOTS)
+                body["description"] = (
+                    f"nothing is served at {req.path!r}; Eureka's API is at {served}"
+                )
+            elif ex.status == falcon.HTTP_405:
+                allowed = dict(ex.headers or {}).get("Allow", "")
+                body["description"] = f"{req.method} is not allowed on {req.path!r}; use {allowed}"
+        resp.content_type = falcon.MEDIA_JSON
+        resp.media = body
 
 
 TREE = EurekaTree()

@@ -142,9 +142,13 @@ def registration(
         reserved["isCoordinatingDiscoveryServer"] = "true"
     for name, value in reserved.items():
         metadata[RESERVED_PREFIX + name] = value
-    scheme, location_port = ("https", secure_port) if secure_enabled and not port_enabled else (
-        "http",
-        port,
+    scheme, location_port = (
+        ("https", secure_port)
+        if secure_enabled and not port_enabled
+        else (
+            "http",
+            port,
+        )
     )
     address = ip if ":" not in ip else f"[{ip}]"
     tags = [VIP_TAG + vip for vip in _vips(_text(info, "vipAddress"))]

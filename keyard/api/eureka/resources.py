@@ -77,9 +77,7 @@ def _applications(
     return {
         "versions__delta": str(index if index is not None else 1),
         "apps__hashcode": mapping.hashcode(counted),
-        "application": [
-            {"name": name, "instance": by_app[name]} for name in sorted(by_app)
-        ],
+        "application": [{"name": name, "instance": by_app[name]} for name in sorted(by_app)],
     }
 
 
@@ -142,7 +140,9 @@ class ApplicationResource(EurekaResource):
         """``apps/delta``: what changed in the change log's window (at least 3 minutes).
 
         Each instance changed there once, with its last change: ``DELETED`` when removed
-        or expired, ``ADDED`` when that change registered it, else ``MODIFIED``; the
+        or expired, ``ADDED`` when that change registered it (the record's registration
+        time is its last heartbeat, or differs from the change before), else
+        ``MODIFIED``; the
         hashcode is the whole namespace's. A store that keeps no change log answers
         every instance as ``ADDED``.
         """
@@ -154,13 +154,16 @@ class ApplicationResource(EurekaResource):
         latest: dict[InstanceKey, tuple[Instance, str]] = {}
         for change in self.registry.recent_changes(namespace):
             instance = change.instance
+            before = latest.pop(instance.key, None)
             if change.kind != PUT:
                 action = "DELETED"
+            elif before is not None and before[1] != "DELETED":
+                same = before[0].registered_at == instance.registered_at
+                action = "MODIFIED" if same else "ADDED"
             elif instance.registered_at == instance.last_heartbeat_at:
                 action = "ADDED"
             else:
                 action = "MODIFIED"
-            latest.pop(instance.key, None)
             latest[instance.key] = (instance, action)
         everything = self.registry.everything(namespace)
         infos = [(i, mapping.instance_info(i, action)) for i, action in latest.values()]
