@@ -14,8 +14,10 @@ from keyard.app import create_app
 from keyard.errors import NotFound
 from keyard.model import InstanceKey, Registration
 from keyard.registry import Registry
+from keyard.stores import create_store
 from keyard.stores.memory import MemoryStore
 from tests.conftest import FakeClock
+from tests.redis_server import RedisServer
 
 ROOTS = ("/eureka", "/eureka/v2")
 JSON_ACCEPT = {"Accept": "application/json"}
@@ -462,6 +464,29 @@ def test_a_native_instance_shows_in_eureka_with_its_location_parsed(
     assert api.get("/keyard/services/Search").json["instances"] == []
 
 
+def test_whatever_another_api_keeps_in_reserved_keys_eureka_clients_still_parse(
+    api: webtest.TestApp,
+) -> None:
+    from py_eureka_client.eureka_basic import _build_applications
+
+    junk = {
+        "eureka.port": "x y", "eureka.securePort": "99999999 true", "eureka.dataCenterInfo": "{}",
+        "eureka.lastDirtyTimestamp": "\u00b2", "eureka.countryId": "abc",
+        "eureka.renewalIntervalInSecs": "\u00b2", "a b": "not an XML name", "@x": "y",
+        "ok": "\x01ctrl <&>",
+    }  # fmt: skip
+    api.post_json("/keyard", {"service_name": "odd", "location": "not a url",
+                              "instance_id": "o1", "metadata": junk})  # fmt: skip
+    apps = _build_applications(ElementTree.fromstring(api.get("/eureka/apps").body))
+    (found,) = apps.get_application("ODD").instances
+    assert found.instanceId == "o1" and found.hostName == "not a url"
+    assert found.dataCenterInfo.name == "MyOwn"
+    assert found.metadata == {"ok": "\ufffdctrl <&>"}
+    assert found.lastDirtyTimestamp > 0 and found.countryId == 1
+    info = api.get("/eureka/apps/ODD/o1", headers=JSON_ACCEPT).json["instance"]
+    assert info["metadata"] == {"a b": "not an XML name", "ok": "\x01ctrl <&>"}
+
+
 def test_a_eureka_instance_shows_in_the_native_api(api: webtest.TestApp) -> None:
     register(api, instance(metadata={"version": "2.1", "zone": "a"}), status=204)
     (record,) = native(api)
@@ -511,6 +536,8 @@ def test_an_ipv6_address_is_bracketed_in_the_location(api: webtest.TestApp) -> N
         ({"homePageUrl": "h" * 1025}, ["1024"]),
         ({"instanceId": "i" * 129}, ["instance_id", "128"]),
         ({"hostName": {"nested": "x"}}, ["hostName"]),
+        ({"lastDirtyTimestamp": "soon"}, ["lastDirtyTimestamp", "soon"]),
+        ({"countryId": "x"}, ["countryId"]),
     ],
 )
 def test_a_bad_registration_is_a_400_naming_the_field(
@@ -567,6 +594,22 @@ def test_unknown_paths_and_methods_get_a_json_error(api: webtest.TestApp) -> Non
     assert_error(api.get("/eureka/nothing", status=404), 404, "/eureka/v2")
     assert_error(api.get("/eureka/apps/A/B/C/D", status=404), 404)
     assert_error(api.patch("/eureka/apps", status=405), 405, "GET")
+
+
+def test_a_store_that_is_down_is_a_503_and_a_heartbeats_has_no_body(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = create_store("redis", {"url": own_redis_server.url, "prefix": redis_prefix,
+                                   "timeout": 0.5})  # fmt: skip
+    api = webtest.TestApp(create_app({}, store=store))
+    try:
+        register(api, status=204)
+        own_redis_server.stop()
+        assert_error(api.get("/eureka/apps", status=503), 503)
+        assert_error(register(api, status=503), 503)
+        assert api.put(f"/eureka/apps/PAYMENTS/{ID}", status=503).body == b""
+    finally:
+        store.close()
 
 
 # -- namespaces -------------------------------------------------------------------------

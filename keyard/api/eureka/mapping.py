@@ -132,10 +132,17 @@ def registration(
         "securePort": f"{secure_port} {_flag(secure_enabled)}",
         "dataCenterInfo": json.dumps(data_center, separators=(",", ":"), sort_keys=True),
     }
-    for name in ("appGroupName", *_ECHOED_URLS, "asgName", "countryId", "lastDirtyTimestamp"):
+    for name in ("appGroupName", *_ECHOED_URLS, "asgName"):
         value = _text(info, name)
         if value:
             reserved[name] = value
+    country = _whole(info, "countryId", "countryId")
+    if country is not None:
+        reserved["countryId"] = str(country)
+    dirty = _text(info, "lastDirtyTimestamp")
+    if dirty:
+        timestamp(dirty)
+        reserved["lastDirtyTimestamp"] = dirty.strip()
     if interval is not None:
         reserved["renewalIntervalInSecs"] = str(interval)
     if _text(info, "isCoordinatingDiscoveryServer") == "true":
@@ -297,6 +304,14 @@ def _millis(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def _stored_int(text: str | None, limit: int = 18) -> int | None:
+    """A whole number kept in metadata (which a native client may have written as
+    anything): None unless it is ASCII digits, at most ``limit`` of them."""
+    if text and text.isascii() and text.isdigit() and len(text) <= limit:
+        return int(text)
+    return None
+
+
 def _host_and_ports(location: str) -> tuple[str, tuple[int, bool], tuple[int, bool]]:
     """The host of a native instance's location and its port as Eureka's two ports."""
     try:
@@ -314,7 +329,8 @@ def _host_and_ports(location: str) -> tuple[str, tuple[int, bool], tuple[int, bo
 
 def _stored_port(text: str | None) -> tuple[int, bool] | None:
     number, _, flag = (text or "").partition(" ")
-    return (int(number), flag == "true") if number.isdigit() else None
+    port = _stored_int(number, 5)
+    return (port, flag == "true") if port is not None and port <= 65535 else None
 
 
 def instance_info(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
@@ -331,9 +347,12 @@ def instance_info(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         data_center = json.loads(kept["dataCenterInfo"])
     except (KeyError, ValueError):
         data_center = None
-    if not isinstance(data_center, dict):
-        data_center = dict(DEFAULT_DATA_CENTER)
-    country = kept.get("countryId", "1")
+    if not (
+        isinstance(data_center, dict)
+        and isinstance(data_center.get("@class"), str)
+        and isinstance(data_center.get("name"), str)
+    ):
+        data_center = dict(DEFAULT_DATA_CENTER)  # kept by another API as anything
     registered = _millis(instance.registered_at)
     info: dict[str, Any] = {
         "instanceId": instance.instance_id,
@@ -344,10 +363,10 @@ def instance_info(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         "overriddenstatus": instance.status_override or UNKNOWN,
         "port": {"$": port[0], "@enabled": _flag(port[1])},
         "securePort": {"$": secure_port[0], "@enabled": _flag(secure_port[1])},
-        "countryId": int(country) if country.isdigit() and len(country) < 10 else 1,
+        "countryId": _stored_int(kept.get("countryId"), 9) or 1,
         "dataCenterInfo": data_center,
         "leaseInfo": {
-            "renewalIntervalInSecs": int(kept.get("renewalIntervalInSecs", "0") or 0)
+            "renewalIntervalInSecs": _stored_int(kept.get("renewalIntervalInSecs"), 9)
             or DEFAULT_RENEWAL_INTERVAL,
             "durationInSecs": instance.ttl,
             "registrationTimestamp": registered,
@@ -370,7 +389,7 @@ def instance_info(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         info["secureVipAddress"] = ",".join(secure_vips)
     info["isCoordinatingDiscoveryServer"] = kept.get("isCoordinatingDiscoveryServer", "false")
     info["lastUpdatedTimestamp"] = str(_millis(instance.last_heartbeat_at))
-    info["lastDirtyTimestamp"] = kept.get("lastDirtyTimestamp") or str(registered)
+    info["lastDirtyTimestamp"] = str(last_dirty_timestamp(instance) or registered)
     info["actionType"] = action
     if kept.get("asgName"):
         info["asgName"] = kept["asgName"]
@@ -389,8 +408,7 @@ def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def last_dirty_timestamp(instance: Instance) -> int | None:
     """The ``lastDirtyTimestamp`` the instance's client registered with (None: not known)."""
-    text = instance.metadata.get(RESERVED_PREFIX + "lastDirtyTimestamp", "")
-    return int(text) if text.isdigit() and len(text) < 20 else None
+    return _stored_int(instance.metadata.get(RESERVED_PREFIX + "lastDirtyTimestamp"))
 
 
 def has_vip(instance: Instance, vip: str, *, secure: bool) -> bool:
