@@ -218,6 +218,61 @@ def test_an_xml_registration_is_read_as_xstream_writes_it(api: webtest.TestApp) 
     assert info["metadata"] == {"version": "2", "zone": "a"}
 
 
+SPRING_BODY = {  # as Spring Cloud Netflix's RestTemplate transport sends it
+    "instance": {
+        "instanceId": "pay-7:payments:8080", "app": "PAYMENTS", "appGroupName": None,
+        "ipAddr": "10.0.0.7", "sid": "na", "homePageUrl": "http://pay-7:8080/",
+        "statusPageUrl": "http://pay-7:8080/actuator/info",
+        "healthCheckUrl": "http://pay-7:8080/actuator/health",
+        "secureHealthCheckUrl": None, "vipAddress": "payments", "secureVipAddress": "payments",
+        "countryId": 1,
+        "dataCenterInfo": {"@class": "com.netflix.appinfo.AmazonInfo", "name": "Amazon",
+                           "metadata": {"availability-zone": "eu-west-1a", "instance-id": "i-1"}},
+        "hostName": "pay-7", "status": "STARTING", "overriddenStatus": "UNKNOWN",
+        "leaseInfo": {"renewalIntervalInSecs": 5, "durationInSecs": 15,
+                      "registrationTimestamp": 0, "lastRenewalTimestamp": 0,
+                      "evictionTimestamp": 0, "serviceUpTimestamp": 0},
+        "isCoordinatingDiscoveryServer": False,
+        "metadata": {"@class": "java.util.LinkedHashMap", "management.port": "8080"},
+        "lastUpdatedTimestamp": 1700000000000, "lastDirtyTimestamp": 1700000000123,
+        "actionType": None, "asgName": None,
+        "port": {"$": "8080", "@enabled": True}, "securePort": {"$": 443, "@enabled": False},
+    }
+}  # fmt: skip
+
+
+def test_springs_json_dialect_is_read_and_its_fields_echoed(api: webtest.TestApp) -> None:
+    api.post_json("/eureka/apps/PAYMENTS", SPRING_BODY, status=204)
+    (record,) = native(api)
+    assert (record["location"], record["status"], record["ttl"]) == (
+        "http://10.0.0.7:8080", "STARTING", 15,
+    )  # fmt: skip
+    info = api.get("/eureka/apps/PAYMENTS/pay-7:payments:8080", headers=JSON_ACCEPT).json
+    info = info["instance"]
+    assert info["dataCenterInfo"] == SPRING_BODY["instance"]["dataCenterInfo"]
+    assert info["metadata"] == {"management.port": "8080"}
+    assert info["lastDirtyTimestamp"] == "1700000000123"
+    assert info["leaseInfo"]["renewalIntervalInSecs"] == 5
+    assert info["statusPageUrl"] == "http://pay-7:8080/actuator/info"
+    assert "appGroupName" not in info and "asgName" not in info
+    found = ElementTree.fromstring(api.get("/eureka/apps/PAYMENTS/pay-7:payments:8080").body)
+    center = found.find("dataCenterInfo")
+    assert center is not None and center.get("class") == "com.netflix.appinfo.AmazonInfo"
+    assert center.findtext("metadata/availability-zone") == "eu-west-1a"
+
+
+def test_an_xml_registration_with_a_declaration_is_read(api: webtest.TestApp) -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><instance><instanceId>j1</instanceId>'
+        b"<hostName>h</hostName><app>JAVA</app><ipAddr>10.0.0.2</ipAddr>"
+        b'<port enabled="true">8080</port><dataCenterInfo class="x"><name>MyOwn</name>'
+        b'</dataCenterInfo><metadata class="java.util.Collections$EmptyMap"/></instance>'
+    )
+    api.post("/eureka/v2/apps/JAVA", body, content_type="application/xml", status=204)
+    assert native(api, "java")[0]["location"] == "http://10.0.0.2:8080"
+    assert native(api, "java")[0]["ttl"] == 90
+
+
 def test_app_names_are_case_insensitive_and_answered_upper_case(api: webtest.TestApp) -> None:
     register(api, instance(app="payments"), status=204)
     assert native(api)[0]["service_name"] == "payments"
