@@ -490,6 +490,23 @@ def test_a_heartbeat_moves_neither_the_delta_nor_its_version(
     )
 
 
+class _NoLogStore(MemoryStore):
+    """A store that keeps no change log (as a third-party store may not)."""
+
+    watchable = False
+
+
+def test_without_a_change_log_the_delta_is_every_instance_added(clock: FakeClock) -> None:
+    api = webtest.TestApp(create_app({}, store=_NoLogStore(), clock=clock))
+    register(api, status=204)
+    register(api, instance(instance_id="other"), status=204)
+    api.delete("/eureka/apps/PAYMENTS/other", status=200)
+    delta = xml_apps(api, "/eureka/apps/delta")
+    assert [i.findtext("actionType") for i in delta.iter("instance")] == ["ADDED"]
+    assert delta.findtext("versions__delta") == "1"
+    assert delta.findtext("apps__hashcode") == "UP_1_"
+
+
 # -- the native API and Eureka see one registry -----------------------------------------
 
 

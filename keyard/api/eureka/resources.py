@@ -9,7 +9,7 @@ there (a heartbeat for an instance registered natively under another case is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import falcon
@@ -47,7 +47,9 @@ class EurekaResource:
                 return instance
         raise NotFound(f"no live instance {instance_id!r} of app {app!r}")
 
-    def applications(self, req: falcon.Request, resp: falcon.Response, wanted: Any) -> None:
+    def applications(
+        self, req: falcon.Request, resp: falcon.Response, wanted: Callable[[Instance], bool]
+    ) -> None:
         """Answer the namespace's instances that ``wanted(instance)`` keeps, as Applications."""
         namespace = req.context.namespace
         index = self.registry.change_index(namespace, None)
