@@ -143,6 +143,14 @@ def test_both_roots_serve_one_registry(api: webtest.TestApp) -> None:
     assert api.get("/eureka/apps/PAYMENTS").body == api.get("/eureka/v2/apps/PAYMENTS").body
 
 
+def test_head_answers_as_get_without_a_body(api: webtest.TestApp) -> None:
+    register(api, status=204)
+    for path in ("/eureka/apps", f"/eureka/apps/PAYMENTS/{ID}", "/eureka/vips/payments"):
+        response = api.head(path, status=200)
+        assert response.body == b"" and response.content_type == "application/xml"
+    api.head("/eureka/apps/NOPE", status=404)
+
+
 def test_json_only_when_accept_mentions_json(api: webtest.TestApp) -> None:
     register(api, status=204)
     for accept in (None, "*/*", "application/xml", "text/html"):
