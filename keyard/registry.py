@@ -415,6 +415,32 @@ class Registry:
         if self.store.watchable:
             self.store.subscribe_changes(callback)
 
+    # -- lookups by key without raising (for APIs that answer an unknown id their own way)
+
+    def find(self, key: InstanceKey) -> Instance | None:
+        """The live instance with this key, ``None`` when there is none (as :meth:`get`)."""
+        return self.store.get(self._checked_key(key), self.clock())
+
+    def renew(self, key: InstanceKey) -> Instance | None:
+        """Extend the lease of the live instance with this key by its own TTL, keeping
+        every other field; ``None`` when there is none: unlike :meth:`heartbeat` it never
+        registers one (Amalgam8's clients register again on an unknown id).
+
+        The look-up and the write are two steps: an instance that expires between them
+        is registered again with the fields it had (and the default TTL).
+        """
+        found = self.find(key)
+        if found is None:
+            return None
+        renewed, _ = self.heartbeat(
+            Registration(
+                key.namespace, key.service_name, found.version, found.location,
+                instance_id=key.instance_id, status=found.status, tags=found.tags,
+                metadata=found.metadata, weight=found.weight,
+            )
+        )  # fmt: skip
+        return renewed
+
     # -- helpers -----------------------------------------------------------------------
 
     @staticmethod

@@ -7,6 +7,7 @@ it owns its routes, how it reads requests, its answers and its error body.
 prefix                tree
 ====================  =====================================================
 ``/keyard``           :mod:`keyard.api.native`: keyard's own API
+``/api/v1``           :mod:`keyard.api.amalgam8`: Amalgam8's registry API
 ====================  =====================================================
 
 The Eureka, lyft discovery and Amalgam8 APIs, and the operations endpoints, are
@@ -26,7 +27,7 @@ from typing import Any
 import falcon
 
 from keyard import auth
-from keyard.api import native, paths
+from keyard.api import amalgam8, native, paths
 from keyard.api.authentication import Authenticate
 from keyard.api.transport import RequireHttps, networks
 from keyard.api.tree import Tree
@@ -43,7 +44,7 @@ from keyard.helpers.config import Config
 from keyard.registry import Registry
 
 #: The mounting table: every tree keyard serves, by its path prefix.
-TREES: Sequence[Tree] = (native.TREE,)
+TREES: Sequence[Tree] = (native.TREE, amalgam8.TREE)
 
 
 def middleware(config: Config) -> list[Any]:
