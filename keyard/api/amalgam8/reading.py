@@ -227,10 +227,10 @@ def criteria(req: falcon.Request) -> Criteria:
     fields = None
     if "fields" in query:
         names = [name for name in query.pop("fields").split(",") if name]
-        unknown = ", ".join(repr(n[:60]) for n in names if n not in mapping.INSTANCE_FIELDS)
-        if unknown:
+        undefined = ", ".join(repr(n[:60]) for n in names if n not in mapping.INSTANCE_FIELDS)
+        if undefined:
             raise InvalidInput(
-                f"Undefined instance field(s) in fields: {unknown}; "
+                f"Undefined instance field(s) in fields: {undefined}; "
                 f"valid: {', '.join(mapping.INSTANCE_FIELDS)}"
             )
         fields = frozenset(names)
