@@ -192,6 +192,7 @@ def test_a_bad_registration_is_a_400_naming_the_field(
         (b"{", "not valid JSON"),
         (b"[1]", "must be a JSON object, got list"),
         (b'{"service_name": NaN}', "not valid JSON"),
+        (b'{"metadata": {"a": 1e999}}', "out of range"),
         (b"\xff\xfe", "not valid JSON"),
         (b'{"metadata":' + b"[" * 30000 + b"]" * 30000 + b"}", "not valid JSON"),
         (b"[" * 100000 + b"]" * 100000, "the limit is 65536"),

@@ -10,6 +10,7 @@ falcon error naming the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import parse_qsl
@@ -52,6 +53,13 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
 def json_body(req: falcon.Request) -> dict[str, object]:
     """The request's JSON object (after :func:`require_json`)."""
     require_json(req)
@@ -59,7 +67,7 @@ def json_body(req: falcon.Request) -> dict[str, object]:
     if not body.strip():
         raise InvalidInput("Failed to register instance: the body is empty; send a JSON object")
     try:
-        data = json.loads(body, parse_constant=_no_constant)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidInput(
             f"Failed to register instance: the body is not valid JSON: {exc}"
