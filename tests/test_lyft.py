@@ -16,10 +16,12 @@ from keyard.app import create_app
 from keyard.errors import InvalidInput, NotFound
 from keyard.model import InstanceKey, Registration
 from keyard.registry import Registry
+from keyard.stores import create_store
 from keyard.stores.base import Store
 from keyard.stores.memory import MemoryStore
 from keyard.stores.sqlite import SqliteStore
 from tests.conftest import FakeClock
+from tests.redis_server import RedisServer
 
 TAGS = {"az": "us-east-1a", "instance_id": "i-0abc", "region": "us-east-1"}
 
@@ -465,3 +467,27 @@ def test_registry_set_weight_changes_only_the_weight_and_keeps_the_lease(
     clock.advance(21)
     with pytest.raises(NotFound):
         registry.set_weight(registered.key, 7)
+
+
+# -- a store that is down ----------------------------------------------------------------------
+
+
+def test_a_store_outage_is_a_503_in_lyfts_error_shape(
+    own_redis_server: RedisServer, redis_prefix: str
+) -> None:
+    store = create_store(
+        "redis", {"url": own_redis_server.url, "prefix": redis_prefix, "timeout": 0.5}
+    )
+    api = webtest.TestApp(create_app({}, store=store))
+    try:
+        assert register(api).status_int == 200
+        own_redis_server.stop()
+        for response in (
+            api.get("/v1/registration/web", expect_errors=True),
+            register(api, status=503),
+            api.post("/v1/loadbalancing/web", {"load_balancing_weight": "5"}, expect_errors=True),
+        ):
+            assert_error(response, 503)
+            assert response.headers["Retry-After"] == "1"
+    finally:
+        store.close()
