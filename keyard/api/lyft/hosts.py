@@ -1,20 +1,22 @@
 """How a keyard instance is a lyft host, and back: the field mapping of the lyft tree.
 
-=========================  ==========================================================
-lyft host                  keyard :class:`~keyard.model.Instance`
-=========================  ==========================================================
-``service``                ``service_name``
-``ip_address``, ``port``   ``location`` ``http://IP:PORT``; ``instance_id`` is the IP
-                           (lyft keys a host by service and IP: a new port replaces it)
-``revision``               ``version`` (keyard's default ``1.0`` when not given)
-``service_repo_name``      metadata ``lyft.service_repo_name`` (absent: ``""``)
-``tags.load_balancing_     ``weight`` = 10 x the lyft weight; shown: the keyard weight
-weight``                   divided by 10, rounded up, at least 1 (:func:`lyft_weight`)
-``tags.NAME`` (a string)   metadata ``lyft.tag.NAME`` (``az``, ``region``, ``instance_id``)
-``tags.NAME`` (any other   metadata ``lyft.json.NAME``, its JSON text (``canary``: ``true``)
-JSON value)
-``last_check_in``          ``last_heartbeat_at``, UTC, ``2026-12-03 18:22:37.123456``
-=========================  ==========================================================
+==============================  =====================================================
+lyft host                       keyard :class:`~keyard.model.Instance`
+==============================  =====================================================
+``service``                     ``service_name``
+``ip_address``, ``port``        ``location`` ``http://IP:PORT``; ``instance_id`` is the
+                                IP (lyft keys a host by service and IP: a new port
+                                replaces it)
+``revision``                    ``version`` (keyard's default ``1.0`` when not given)
+``service_repo_name``           metadata ``lyft.service_repo_name`` (absent: ``""``)
+``tags.load_balancing_weight``  ``weight`` = 10 x the lyft weight; shown: the keyard
+                                weight divided by 10, rounded up, at least 1
+                                (:func:`lyft_weight`)
+``tags.NAME``, a string         metadata ``lyft.tag.NAME`` (``az``, ``region``,
+                                ``instance_id``)
+``tags.NAME``, other JSON       metadata ``lyft.json.NAME``: its JSON text (``canary``)
+``last_check_in``               ``last_heartbeat_at``, UTC: ``2026-12-03 18:22:37.123456``
+==============================  =====================================================
 
 An SDS answer shows only what Envoy takes: an instance is left out unless its
 effective status is ``UP``, its weight is above 0 (keyard never picks a weight-0
