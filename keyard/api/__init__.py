@@ -7,6 +7,9 @@ it owns its routes, how it reads requests, its answers and its error body.
 prefix                tree
 ====================  =====================================================
 ``/keyard``           :mod:`keyard.api.native`: keyard's own API
+``/v1/registration``  :mod:`keyard.api.lyft`: lyft's discovery (Envoy v1 SDS)
+``/v1/loadbalancing`` :mod:`keyard.api.lyft`: its weight updates
+``/healthcheck``      :mod:`keyard.api.lyft`: its health check
 ====================  =====================================================
 
 The Eureka, lyft discovery and Amalgam8 APIs, and the operations endpoints, are
@@ -26,7 +29,7 @@ from typing import Any
 import falcon
 
 from keyard import auth
-from keyard.api import native, paths
+from keyard.api import lyft, native, paths
 from keyard.api.authentication import Authenticate
 from keyard.api.transport import RequireHttps, networks
 from keyard.api.tree import Tree
@@ -43,7 +46,7 @@ from keyard.helpers.config import Config
 from keyard.registry import Registry
 
 #: The mounting table: every tree keyard serves, by its path prefix.
-TREES: Sequence[Tree] = (native.TREE,)
+TREES: Sequence[Tree] = (native.TREE, lyft.TREE)
 
 
 def middleware(config: Config) -> list[Any]:
