@@ -453,6 +453,26 @@ class Registry:
     def _unknown(key: InstanceKey) -> str:
         return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
 
+    # -- lyft discovery's weight updates ------------------------------------------------
+
+    def set_weight(self, key: InstanceKey, weight: int) -> Instance:
+        """Give the live instance ``weight``; its lease is unchanged (not a heartbeat).
+
+        Status, tags, metadata and TTL are kept from the record at the time of the
+        write. A read, then a write: a heartbeat between the two is undone (the lease
+        goes back to the one read) until the instance's next heartbeat. NotFound when
+        no live instance has the key; InvalidInput for a weight out of bounds.
+        """
+        model.check_weight(weight)
+        live = self.store.get(self._checked_key(key), self.clock())
+        if live is None:
+            raise NotFound(self._unknown(key))
+        # The store's "now" is the record's last heartbeat: its expiry stays where it was.
+        stored, _ = self.store.put(
+            live._replace(weight=weight), frozenset({"status", "tags", "metadata", "ttl"})
+        )
+        return stored
+
 
 def spread_wait(wait: float) -> float:
     """``wait`` and a random extra of up to ``wait / 16``, which spreads the wake-ups of

@@ -588,6 +588,18 @@ def test_a_native_instance_is_listed_with_its_location_as_endpoint_and_can_be_re
     assert native(api) == []
 
 
+def test_a_lyft_host_and_an_amalgam8_instance_see_each_other(api: webtest.TestApp) -> None:
+    form = {"ip": "10.0.0.5", "port": "8080", "service_repo_name": "reviews-repo"}
+    api.post("/v1/registration/reviews", form, headers=as_(A))
+    register(api, endpoint={"type": "http", "value": "10.0.0.6:8080"})
+    endpoints = [i["endpoint"] for i in listed(api)]
+    assert {"type": "http", "value": "10.0.0.5:8080"} in endpoints
+    assert {"type": "http", "value": "10.0.0.6:8080"} in endpoints
+    hosts = api.get("/v1/registration/reviews", headers=as_(A)).json["hosts"]
+    assert sorted((h["ip_address"], h["port"]) for h in hosts) == [
+        ("10.0.0.5", 8080), ("10.0.0.6", 8080)]  # fmt: skip
+
+
 # -- namespaces --------------------------------------------------------------------------
 
 
