@@ -19,7 +19,7 @@ import falcon
 
 from keyard import model
 from keyard.api.amalgam8 import mapping
-from keyard.api.request_fields import _read_body, has_no_body
+from keyard.api.request_fields import has_no_body, read_body
 from keyard.errors import InvalidInput
 from keyard.model import DEFAULT_VERSION, MAX_METADATA_KEYS, Registration
 from keyard.registry import TtlPolicy
@@ -63,7 +63,7 @@ def _finite(text: str) -> float:
 def json_body(req: falcon.Request) -> dict[str, object]:
     """The request's JSON object (after :func:`require_json`)."""
     require_json(req)
-    body = b"" if has_no_body(req) else _read_body(req)
+    body = b"" if has_no_body(req) else read_body(req)
     if not body.strip():
         raise InvalidInput("Failed to register instance: the body is empty; send a JSON object")
     try:
