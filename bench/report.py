@@ -194,7 +194,7 @@ def _watch_targets(results: dict[str, Any]) -> Iterator[Target]:
             LOOKUPS_WITH_WATCHERS,
             found["lookup_ratio"],
             f"{found['lookups_with_watchers']['rps']:,.0f} vs "
-            f"{found['lookups_without_watchers']['rps']:,.0f} req/s",
+            f"{_without_watchers(found):,.0f} req/s",
         )
     for store, wake in results.get("wakeups", {}).items():
         yield Target(
@@ -348,3 +348,11 @@ def update_readme(readme: Path, text: str) -> None:
     if not pattern.search(content):
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
     readme.write_text(pattern.sub(lambda _: f"{README_START}\n{text}\n{README_END}", content))
+
+
+def _without_watchers(found: dict[str, Any]) -> float:
+    """The lookups per second without watchers: the mean of the runs before and after
+    them (a result file from before the second run has only the first)."""
+    runs = [found[k]["rps"] for k in ("lookups_without_watchers", "lookups_after_watchers")
+            if k in found]
+    return sum(runs) / len(runs)

@@ -52,9 +52,13 @@ class RoundRobinStrategy:
     Several keyard processes (``keyard serve``'s workers, or keyards on several hosts)
     each keep their own turns: sharing one counter through the store would make every
     lookup a write. Across processes the picks are spread evenly, not strictly in turn.
+    It keeps the turns of the :data:`MAX_COUNTERS` lookups most recently begun; an older
+    one starts again at the first instance.
     """
 
     name = "round_robin"
+    #: The most lookups whose turns are kept (a counter is a few hundred bytes).
+    MAX_COUNTERS = 10_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -65,7 +69,12 @@ class RoundRobinStrategy:
 
         def pick() -> Instance:
             with self._lock:
-                counter = self._counters.setdefault(key, itertools.count())
+                counters = self._counters
+                counter = counters.get(key)
+                if counter is None:
+                    if len(counters) >= self.MAX_COUNTERS:
+                        del counters[next(iter(counters))]  # the oldest begun
+                    counter = counters[key] = itertools.count()
                 turn = next(counter)
             return candidates[turn % len(candidates)]
 

@@ -415,6 +415,32 @@ class Registry:
         if self.store.watchable:
             self.store.subscribe_changes(callback)
 
+    # -- lookups by key without raising (for APIs that answer an unknown id their own way)
+
+    def find(self, key: InstanceKey) -> Instance | None:
+        """The live instance with this key, ``None`` when there is none (as :meth:`get`)."""
+        return self.store.get(self._checked_key(key), self.clock())
+
+    def renew(self, key: InstanceKey) -> Instance | None:
+        """Extend the lease of the live instance with this key by its own TTL, keeping
+        every other field; ``None`` when there is none: unlike :meth:`heartbeat` it never
+        registers one (Amalgam8's clients register again on an unknown id).
+
+        The look-up and the write are two steps: an instance that expires between them
+        is registered again with the fields it had (and the default TTL).
+        """
+        found = self.find(key)
+        if found is None:
+            return None
+        renewed, _ = self.heartbeat(
+            Registration(
+                key.namespace, key.service_name, found.version, found.location,
+                instance_id=key.instance_id, status=found.status, tags=found.tags,
+                metadata=found.metadata, weight=found.weight,
+            )
+        )  # fmt: skip
+        return renewed
+
     # -- helpers -----------------------------------------------------------------------
 
     @staticmethod
@@ -427,20 +453,27 @@ class Registry:
     def _unknown(key: InstanceKey) -> str:
         return f"no live instance {key.instance_id!r} of service {key.service_name!r}"
 
-    # -- leases and metadata of known instances (Eureka's heartbeat and metadata update) --
+    # -- lyft discovery's weight updates ------------------------------------------------
 
-    def renew(self, key: InstanceKey) -> Instance:
-        """Extend the live instance's lease by its TTL, changing nothing else; NotFound
-        when no live instance has the key (unlike :meth:`heartbeat`, which registers it).
+    def set_weight(self, key: InstanceKey, weight: int) -> Instance:
+        """Give the live instance ``weight``; its lease is unchanged (not a heartbeat).
 
-        A read, then a write: an instance deregistered between the two is stored again as
-        it was read, as a heartbeat racing a deregistration would store it. Moves no
-        change index.
+        Status, tags, metadata and TTL are kept from the record at the time of the
+        write. A read, then a write: a heartbeat between the two is undone (the lease
+        goes back to the one read) until the instance's next heartbeat. NotFound when
+        no live instance has the key; InvalidInput for a weight out of bounds.
         """
-        live = self.get(key)
-        now = self.clock()
-        renewed = live._replace(last_heartbeat_at=now, expires_at=now + live.ttl)
-        return self.store.put(renewed, _KEEP_ALL_BUT_METADATA | {"metadata"})[0]
+        model.check_weight(weight)
+        live = self.store.get(self._checked_key(key), self.clock())
+        if live is None:
+            raise NotFound(self._unknown(key))
+        # The store's "now" is the record's last heartbeat: its expiry stays where it was.
+        stored, _ = self.store.put(
+            live._replace(weight=weight), frozenset({"status", "tags", "metadata", "ttl"})
+        )
+        return stored
+
+    # -- Eureka's metadata update ------------------------------------------------------
 
     def merge_metadata(self, key: InstanceKey, metadata: Mapping[str, str]) -> Instance:
         """Add ``metadata``'s entries to the live instance's (replacing those of the same
@@ -452,11 +485,8 @@ class Registry:
         merged = model.check_metadata({**live.metadata, **metadata})
         now = self.clock()
         changed = live._replace(metadata=merged, last_heartbeat_at=now, expires_at=now + live.ttl)
-        return self.store.put(changed, _KEEP_ALL_BUT_METADATA)[0]
-
-
-#: What :meth:`Registry.merge_metadata` keeps of the live record (the store's keep set).
-_KEEP_ALL_BUT_METADATA = frozenset({"ttl", "status", "tags", "weight"})
+        stored, _ = self.store.put(changed, frozenset({"ttl", "status", "tags", "weight"}))
+        return stored
 
 
 def spread_wait(wait: float) -> float:

@@ -298,3 +298,7 @@ def test_the_watchers_bench_answers_every_watcher_after_one_change(tmp_path: Pat
     assert results["answered_with_new_index"] == 50 and results["lost"] == 0
     assert results["answer_max_s"] is not None and results["rss_growth_per_watcher_bytes"] > -1e9
     assert results["lookups_with_watchers"]["rps"] > 0
+    before, after = (results[k]["rps"] for k in ("lookups_without_watchers",
+                                                  "lookups_after_watchers"))
+    assert results["lookup_ratio"] == pytest.approx(
+        results["lookups_with_watchers"]["rps"] / ((before + after) / 2))

@@ -581,6 +581,23 @@ def test_a_eureka_instance_shows_in_the_native_api(api: webtest.TestApp) -> None
     ]
 
 
+def test_one_instance_of_each_api_is_seen_through_every_other(api: webtest.TestApp) -> None:
+    register(api, instance(app="REVIEWS", instance_id="e1", ip="10.0.0.7"), status=204)
+    api.post("/v1/registration/reviews", {"ip": "10.0.0.5", "port": "8080",
+                                          "service_repo_name": "reviews-repo"})  # fmt: skip
+    api.post_json("/api/v1/instances", {"service_name": "reviews", "ttl": 30,
+                                        "endpoint": {"type": "http", "value": "10.0.0.6:8080"}})
+    found = xml_apps(api, "/eureka/apps/REVIEWS")
+    addresses = sorted(
+        (i.findtext("ipAddr"), i.findtext("port")) for i in found.iter("instance")
+    )
+    assert addresses == [("10.0.0.5", "8080"), ("10.0.0.6", "8080"), ("10.0.0.7", "8080")]
+    hosts = api.get("/v1/registration/reviews").json["hosts"]
+    assert ("10.0.0.7", 8080) in [(h["ip_address"], h["port"]) for h in hosts]
+    endpoints = [i["endpoint"] for i in api.get("/api/v1/instances").json["instances"]]
+    assert {"type": "http", "value": "10.0.0.7:8080"} in endpoints
+
+
 def test_an_ipv6_address_is_bracketed_in_the_location(api: webtest.TestApp) -> None:
     register(api, instance(ip="fd00::7"), status=204)
     assert native(api)[0]["location"] == "http://[fd00::7]:8080"
@@ -780,23 +797,6 @@ def test_random_requests_never_get_a_server_error(clock: FakeClock) -> None:
 
 
 # -- the registry methods this API needs ------------------------------------------------
-
-
-def test_registry_renew_extends_only_a_live_lease(clock: FakeClock) -> None:
-    registry = Registry(MemoryStore(), clock=clock)
-    registration = Registration("default", "web", "1", "http://x:1", "w1", ttl=10, status="DOWN")
-    instance_, _ = registry.register(registration)
-    registry.set_status_override(instance_.key, "OUT_OF_SERVICE")
-    clock.advance(8)
-    renewed = registry.renew(instance_.key)
-    assert renewed.expires_at == clock.now + 10
-    assert renewed.status == "DOWN" and renewed.status_override == "OUT_OF_SERVICE"
-    assert renewed.registered_at == instance_.registered_at
-    clock.advance(11)
-    with pytest.raises(NotFound):
-        registry.renew(instance_.key)
-    with pytest.raises(NotFound):
-        registry.renew(InstanceKey("other", "web", "w1"))
 
 
 def test_registry_merge_metadata_adds_replaces_and_checks_bounds(clock: FakeClock) -> None:

@@ -343,8 +343,8 @@ def test_no_route_of_any_tree_answers_without_credentials(mode: str) -> None:
             answer = api.request(filled(template), method=method, expect_errors=True)
             assert answer.status_int == 401, (method, template, answer.status)
             assert answer.headers["WWW-Authenticate"].startswith("Bearer")
-            if method != "HEAD":
-                assert answer.json["title"] == "Unauthorized"
+            if method != "HEAD" and answer.body:  # in the tree's own error format
+                assert b"token" in answer.body.lower(), (method, template, answer.body)
             methods += 1
     assert methods >= 5 + 5 * 2
     # A bad credential is no better than none, and a path no tree serves is refused too.

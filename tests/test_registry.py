@@ -281,3 +281,17 @@ def test_recent_changes_lists_what_the_log_still_holds(registry: Registry) -> No
     kept = [c.instance.location for c in registry.recent_changes(NS)]
     assert kept and kept == [f"http://{n}" for n in range(40 - len(kept), 40)]
     assert "http://4" not in kept
+
+
+def test_round_robin_keeps_the_turns_of_a_bounded_number_of_lookups() -> None:
+    from keyard.balancing import RoundRobinStrategy
+
+    strategy = RoundRobinStrategy()
+    strategy.MAX_COUNTERS = 3
+    a, b = (Registry(MemoryStore()).register(reg(f"http://{n}"))[0] for n in "ab")
+    first = strategy.chooser([a, b], "first")
+    assert [first().location for _ in range(3)] == ["http://a", "http://b", "http://a"]
+    for n in range(3):  # three other lookups begin: the first one's turn is forgotten
+        strategy.chooser([a, b], n)()
+    assert len(strategy._counters) == 3
+    assert first().location == "http://a"

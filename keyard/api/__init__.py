@@ -7,6 +7,10 @@ it owns its routes, how it reads requests, its answers and its error body.
 prefix                tree
 ====================  =====================================================
 ``/keyard``           :mod:`keyard.api.native`: keyard's own API
+``/v1/registration``  :mod:`keyard.api.lyft`: lyft's discovery (Envoy v1 SDS)
+``/v1/loadbalancing`` :mod:`keyard.api.lyft`: its weight updates
+``/healthcheck``      :mod:`keyard.api.lyft`: its health check
+``/api/v1``           :mod:`keyard.api.amalgam8`: Amalgam8's registry API
 ``/eureka``           :mod:`keyard.api.eureka`: Netflix Eureka's (``/eureka/apps``,
                       ``/eureka/v2/apps``)
 ====================  =====================================================
@@ -28,7 +32,7 @@ from typing import Any
 import falcon
 
 from keyard import auth
-from keyard.api import eureka, native, paths
+from keyard.api import amalgam8, eureka, lyft, native, paths
 from keyard.api.authentication import Authenticate
 from keyard.api.transport import RequireHttps, networks
 from keyard.api.tree import Tree
@@ -45,7 +49,7 @@ from keyard.helpers.config import Config
 from keyard.registry import Registry
 
 #: The mounting table: every tree keyard serves, by its path prefix.
-TREES: Sequence[Tree] = (native.TREE, eureka.TREE)
+TREES: Sequence[Tree] = (native.TREE, lyft.TREE, amalgam8.TREE, eureka.TREE)
 
 
 def middleware(config: Config) -> list[Any]:

@@ -53,7 +53,9 @@ def has_no_body(req: falcon.Request) -> bool:
     return env.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in env
 
 
-def _read_body(req: falcon.Request) -> bytes:
+def read_body(req: falcon.Request) -> bytes:
+    """The request's body, at most MAX_BODY_BYTES (413 past it; 411 for a chunked body
+    the server does not end)."""
     if has_no_body(req):
         return b""
     length = req.content_length
@@ -179,7 +181,7 @@ def read_fields(req: falcon.Request) -> dict[str, object]:
     """The request's fields from its query string and body (JSON object or form)."""
     # Not req.params: falcon turns bytes that are not UTF-8 (%ff) into U+FFFD.
     fields = _unique_fields(_url_encoded_pairs(req.query_string, "the query string"))
-    body = _read_body(req)
+    body = read_body(req)
     if body.strip():
         for key, field in _parse_body(req, body).items():
             if key in fields:

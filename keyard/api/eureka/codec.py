@@ -22,7 +22,7 @@ import falcon
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from keyard.api.request_fields import MAX_BODY_BYTES
+from keyard.api.request_fields import read_body
 
 XML = "application/xml"
 JSON = "application/json"
@@ -91,35 +91,6 @@ def _xml_text(value: Any) -> str:
 
 def _bad(description: str) -> falcon.HTTPBadRequest:
     return falcon.HTTPBadRequest(title="Invalid input", description=description)
-
-
-def read_body(req: falcon.Request) -> bytes:
-    """The request body, at most :data:`MAX_BODY_BYTES` (413 past that)."""
-    length = req.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(
-            title="Request body too large",
-            description=f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}",
-        )
-    if length is None and req.get_header("Transfer-Encoding"):
-        if not req.env.get("wsgi.input_terminated"):
-            raise falcon.HTTPLengthRequired(
-                title="Length required",
-                description="this server needs a Content-Length header with a request body",
-            )
-        stream = req.stream
-    else:
-        stream = req.bounded_stream
-    try:
-        body = stream.read(MAX_BODY_BYTES + 1)
-    except Exception as exc:  # the server's own error for a malformed body
-        raise _bad(f"the request body could not be read: {exc}") from exc
-    if len(body) > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(
-            title="Request body too large",
-            description=f"the body is over the limit of {MAX_BODY_BYTES} bytes",
-        )
-    return body
 
 
 def read_instance(req: falcon.Request) -> Mapping[str, Any]:

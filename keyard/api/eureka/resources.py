@@ -203,6 +203,8 @@ class InstanceResource(EurekaResource):
             req.context.namespace, mapping.service_name(_app(req, app)), _id(req, instance_id)
         )
         renewed = self.registry.renew(key)
+        if renewed is None:
+            raise NotFound(f"no live instance {key.instance_id!r} of app {_app(req, app)!r}")
         registered = mapping.last_dirty_timestamp(renewed)
         if sent is not None and registered is not None and sent > registered:
             raise falcon.HTTPNotFound(

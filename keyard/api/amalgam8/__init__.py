@@ -1,0 +1,70 @@
+"""Amalgam8's registry API, at ``/api/v1``: JSON, errors as ``{"Error": "..."}``.
+
+For Amalgam8's Go client (``registry/client``) and sidecar, as Amalgam8's registry
+answers them (``registry/server/protocol/amalgam8``):
+
+======================================  ======  =========================================
+route                                   method  answer
+======================================  ======  =========================================
+``/api/v1/instances``                   POST    201 ``{id, ttl, links}``, ``Location``
+``/api/v1/instances``                   GET     200 ``{instances}``: ``service_name``,
+                                                ``status`` (``ALL``), ``tags``, ``id``,
+                                                ``fields``; no criterion: UP only
+``/api/v1/instances/{id}``              DELETE  200 (empty); 410 for an unknown id
+``/api/v1/instances/{id}/heartbeat``    PUT     200 (empty); 410 for an unknown id
+``/api/v1/services``                    GET     200 ``{services: [names]}``
+``/api/v1/services/{name}``             GET     200 ``{service_name, instances}``; 404
+======================================  ======  =========================================
+
+Another method on these paths is a 405, another path under ``/api/v1`` a 404, a
+body that is not ``application/json`` a 415. How the fields map onto keyard's
+instance: :mod:`keyard.api.amalgam8.mapping`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import falcon
+
+from keyard.api.amalgam8 import resources
+from keyard.registry import Registry
+
+PREFIX = "/api/v1"
+
+
+class Amalgam8Tree:
+    """The Amalgam8 tree for :mod:`keyard.api`'s mounting table."""
+
+    prefixes: Sequence[str] = (PREFIX,)
+    middleware: Sequence[Any] = ()
+
+    def mount(self, app: falcon.App, registry: Registry) -> None:
+        instances = f"{PREFIX}/instances"
+        app.add_route(instances, resources.InstancesResource(registry))
+        app.add_route(f"{instances}/{{amalgam8_id}}", resources.InstanceResource(registry))
+        app.add_route(
+            f"{instances}/{{amalgam8_id}}/heartbeat", resources.HeartbeatResource(registry)
+        )
+        app.add_route(f"{PREFIX}/services", resources.ServicesResource(registry))
+        app.add_route(f"{PREFIX}/services/{{service_name}}", resources.ServiceResource(registry))
+
+    def serialize_error(
+        self, req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
+    ) -> None:
+        """``{"Error": "..."}`` (go-json-rest's ``rest.Error``), whatever the Accept header."""
+        message = ex.description
+        if not message:
+            if ex.status == falcon.HTTP_404:
+                message = f"Resource not found: nothing is served at {req.path[:200]!r}"
+            elif ex.status == falcon.HTTP_405:
+                allowed = dict(ex.headers or {}).get("Allow", "")
+                message = f"Method not allowed: {req.method} on {req.path[:200]!r}; use {allowed}"
+            else:
+                message = ex.title or str(ex.status)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.media = {"Error": message}
+
+
+TREE = Amalgam8Tree()
