@@ -61,7 +61,6 @@ VIP_TAG, SECURE_VIP_TAG = "vip:", "svip:"
 
 #: InstanceInfo's text fields echoed from reserved metadata, in XStream's order.
 _ECHOED_URLS = ("homePageUrl", "statusPageUrl", "healthCheckUrl", "secureHealthCheckUrl")
-_ECHOED_TEXT = ("hostName", "ipAddr", "appGroupName", *_ECHOED_URLS, "asgName")
 
 
 class EurekaRegistration(NamedTuple):
@@ -117,20 +116,48 @@ def registration(
     lease = info.get("leaseInfo")
     if lease is not None and not isinstance(lease, Mapping):
         raise InvalidInput("leaseInfo must be an object")
-    lease = lease or {}
-    duration = _whole(lease, "durationInSecs", "leaseInfo.durationInSecs")
+    duration = _whole(lease or {}, "durationInSecs", "leaseInfo.durationInSecs")
     if duration is None or duration <= 0:
         duration = DEFAULT_DURATION
-    interval = _whole(lease, "renewalIntervalInSecs", "leaseInfo.renewalIntervalInSecs")
     metadata = user_metadata_of(info.get("metadata"))
-    status = _status(info, "status")
-    override = _status(info, "overriddenstatus") or _status(info, "overriddenStatus")
-    reserved: dict[str, str] = {
-        "hostName": host,
-        "ipAddr": ip,
+    ports = {
         "port": f"{port} {_flag(port_enabled)}",
         "securePort": f"{secure_port} {_flag(secure_enabled)}",
         "dataCenterInfo": json.dumps(data_center, separators=(",", ":"), sort_keys=True),
+    }
+    for name, value in _reserved(info, lease or {}, ports).items():
+        metadata[RESERVED_PREFIX + name] = value
+    if secure_enabled and not port_enabled:
+        scheme, location_port = "https", secure_port
+    else:
+        scheme, location_port = "http", port
+    address = ip if ":" not in ip else f"[{ip}]"
+    tags = [VIP_TAG + vip for vip in _vips(_text(info, "vipAddress"))]
+    tags += [SECURE_VIP_TAG + vip for vip in _vips(_text(info, "secureVipAddress"))]
+    found = Registration(
+        namespace=namespace,
+        service_name=service_name(app),
+        version=metadata.get("version") or DEFAULT_VERSION,
+        location=f"{scheme}://{address}:{location_port}",
+        instance_id=instance_id,
+        ttl=min(max(duration, ttl.minimum), ttl.maximum),
+        status=_status(info, "status"),
+        tags=tuple(dict.fromkeys(tags)),
+        metadata=metadata,
+    )
+    override = _status(info, "overriddenstatus") or _status(info, "overriddenStatus")
+    return EurekaRegistration(found, override)
+
+
+def _reserved(
+    info: Mapping[str, Any], lease: Mapping[str, Any], read: Mapping[str, str]
+) -> dict[str, str]:
+    """The InstanceInfo fields kept in reserved metadata keys (without their prefix):
+    ``read`` (the ports and data center, read already), and the rest of ``info``'s."""
+    reserved: dict[str, str] = {
+        "hostName": _text(info, "hostName") or "",
+        "ipAddr": _text(info, "ipAddr") or "",
+        **read,
     }
     for name in ("appGroupName", *_ECHOED_URLS, "asgName"):
         value = _text(info, name)
@@ -142,36 +169,13 @@ def registration(
     dirty = _text(info, "lastDirtyTimestamp")
     if dirty:
         timestamp(dirty)
-        reserved["lastDirtyTimestamp"] = dirty.strip()
+        reserved["lastDirtyTimestamp"] = dirty.strip()  # exactly as sent
+    interval = _whole(lease, "renewalIntervalInSecs", "leaseInfo.renewalIntervalInSecs")
     if interval is not None:
         reserved["renewalIntervalInSecs"] = str(interval)
     if _text(info, "isCoordinatingDiscoveryServer") == "true":
         reserved["isCoordinatingDiscoveryServer"] = "true"
-    for name, value in reserved.items():
-        metadata[RESERVED_PREFIX + name] = value
-    scheme, location_port = (
-        ("https", secure_port)
-        if secure_enabled and not port_enabled
-        else (
-            "http",
-            port,
-        )
-    )
-    address = ip if ":" not in ip else f"[{ip}]"
-    tags = [VIP_TAG + vip for vip in _vips(_text(info, "vipAddress"))]
-    tags += [SECURE_VIP_TAG + vip for vip in _vips(_text(info, "secureVipAddress"))]
-    found = Registration(
-        namespace=namespace,
-        service_name=service_name(app),
-        version=metadata.get("version") or DEFAULT_VERSION,
-        location=f"{scheme}://{address}:{location_port}",
-        instance_id=instance_id,
-        ttl=min(max(duration, ttl.minimum), ttl.maximum),
-        status=status,
-        tags=tuple(dict.fromkeys(tags)),
-        metadata=metadata,
-    )
-    return EurekaRegistration(found, override)
+    return reserved
 
 
 def user_metadata_of(value: object) -> dict[str, str]:

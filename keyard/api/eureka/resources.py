@@ -41,7 +41,15 @@ class EurekaResource:
         return found
 
     def find(self, namespace: str, app: str, instance_id: str) -> Instance:
-        """The live instance ``instance_id`` of ``app``; NotFound when there is none."""
+        """The live instance ``instance_id`` of ``app``; NotFound when there is none.
+
+        First in the service a Eureka registration writes (one read), then in every
+        service that shows as ``app``.
+        """
+        key = InstanceKey(namespace, mapping.service_name(app), instance_id)
+        found = self.registry.find(key)
+        if found is not None:
+            return found
         for instance in self.app_instances(namespace, app):
             if instance.instance_id == instance_id:
                 return instance
