@@ -1,6 +1,7 @@
 """py-eureka-client 0.13.3 against a real ``keyard serve`` (default sqlite store, 2 workers).
 
-One server for the module, in auth mode ``trusted``: each test takes a namespace of
+One server for the module under each of ``keyard serve``'s servers (granian, gunicorn), in
+auth mode ``trusted``: each test takes a namespace of
 its own, which the client sends as the password of the server URL's basic
 credentials (``http://keyard:NAMESPACE@127.0.0.1:PORT/eureka/``).
 """
@@ -30,16 +31,21 @@ pytestmark = [
     pytest.mark.slow,
     # py-eureka-client logs with Logger.warn (its 404 heartbeat, below).
     pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning"),
+    # Its init() calls the stop() of the client it replaces without awaiting it (ours is
+    # stopped already, by the test before).
+    pytest.mark.filterwarnings("ignore:coroutine 'EurekaClient.stop' was never awaited"),
 ]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[keyard_serve.Served]:
+@pytest.fixture(scope="module", params=keyard_serve.SERVERS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[keyard_serve.Served]:
     workdir: Path = tmp_path_factory.mktemp("eureka-serve")
     keyard_serve.write_config(workdir, "{}")  # the default store: sqlite in ./keyard-data
     env = {"KEYARD_AUTH_MODE": "trusted"}
     with keyard_serve.start(
-        "granian", workdir, free_port(), ["--workers", "2"], env
+        request.param, workdir, free_port(), ["--workers", "2"], env
     ) as running:
         wait_until(lambda: len(running.worker_pids()) == 2, 20, "two workers")
         yield running
