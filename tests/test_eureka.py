@@ -417,6 +417,21 @@ def test_an_out_of_service_override_survives_heartbeats_and_registrations(
     assert found.findtext("overriddenstatus") == "UNKNOWN"
 
 
+def test_a_registration_older_than_the_registered_instance_only_renews_it(
+    api: webtest.TestApp, clock: FakeClock
+) -> None:
+    register(api, instance(lastDirtyTimestamp="1700000000005", metadata={"v": "new"}), status=204)
+    clock.advance(60)
+    stale = instance(lastDirtyTimestamp="1700000000001", metadata={"v": "old"}, status="DOWN")
+    register(api, stale, status=204)
+    (record,) = native(api)
+    assert record["metadata"]["v"] == "new" and record["status"] == "UP"
+    assert record["last_heartbeat_at"] != record["registered_at"]  # the lease was renewed
+    register(api, instance(lastDirtyTimestamp="1700000000005", metadata={"v": "same"}),
+             status=204)  # fmt: skip
+    assert native(api)[0]["metadata"]["v"] == "same"  # an equal timestamp is taken
+
+
 def test_a_registrations_overriddenstatus_sets_an_override_only_when_none_is_set(
     api: webtest.TestApp,
 ) -> None:

@@ -393,7 +393,7 @@ def instance_info(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         info["secureVipAddress"] = ",".join(secure_vips)
     info["isCoordinatingDiscoveryServer"] = kept.get("isCoordinatingDiscoveryServer", "false")
     info["lastUpdatedTimestamp"] = str(_millis(instance.last_heartbeat_at))
-    info["lastDirtyTimestamp"] = str(last_dirty_timestamp(instance) or registered)
+    info["lastDirtyTimestamp"] = str(last_dirty_timestamp(instance.metadata) or registered)
     info["actionType"] = action
     if kept.get("asgName"):
         info["asgName"] = kept["asgName"]
@@ -410,9 +410,10 @@ def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def last_dirty_timestamp(instance: Instance) -> int | None:
-    """The ``lastDirtyTimestamp`` the instance's client registered with (None: not known)."""
-    return _stored_int(instance.metadata.get(RESERVED_PREFIX + "lastDirtyTimestamp"))
+def last_dirty_timestamp(metadata: Mapping[str, str]) -> int | None:
+    """The ``lastDirtyTimestamp`` a client registered with, from an instance's metadata
+    (None: not known)."""
+    return _stored_int(metadata.get(RESERVED_PREFIX + "lastDirtyTimestamp"))
 
 
 def has_vip(instance: Instance, vip: str, *, secure: bool) -> bool:

@@ -18,7 +18,7 @@ from keyard.api.eureka import codec, mapping
 from keyard.api.paths import segment
 from keyard.api.request_fields import read_fields
 from keyard.errors import InvalidInput, NotFound
-from keyard.model import STATUSES, Instance, InstanceFilter, InstanceKey
+from keyard.model import STATUSES, Instance, InstanceFilter, InstanceKey, Registration
 from keyard.registry import Registry
 from keyard.stores.changes import PUT
 
@@ -91,6 +91,13 @@ def _applications(
     }
 
 
+def _older(registration: Registration, live: Instance) -> bool:
+    """Whether the registration's ``lastDirtyTimestamp`` is below the live instance's."""
+    sent = mapping.last_dirty_timestamp(registration.metadata or {})
+    registered = mapping.last_dirty_timestamp(live.metadata)
+    return sent is not None and registered is not None and sent < registered
+
+
 def _status_field(given: dict[str, object], name: str) -> str | None:
     value = given.get(name)
     if value is None:
@@ -113,16 +120,6 @@ class ApplicationsResource(EurekaResource):
         self.applications(req, resp, lambda instance: True)
 
     on_head = on_get
-
-
-def register(registry: Registry, req: falcon.Request, resp: falcon.Response, app: str) -> None:
-    """Register the body's InstanceInfo under ``app``: 204, no body (as Eureka)."""
-    info = codec.read_instance(req)
-    asked = mapping.registration(info, app, req.context.namespace, registry.ttl)
-    instance, _ = registry.register(asked.registration)
-    if asked.override is not None and instance.status_override is None:
-        registry.set_status_override(instance.key, asked.override)
-    resp.status = falcon.HTTP_204
 
 
 class ApplicationResource(EurekaResource):
@@ -180,7 +177,25 @@ class ApplicationResource(EurekaResource):
         codec.answer(req, resp, "applications", _applications(infos, index, everything))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, app: str) -> None:
-        register(self.registry, req, resp, _app(req, app))
+        """Register the body's InstanceInfo: 204, no body (as Eureka).
+
+        As Eureka, a registration older than the registered instance (its
+        ``lastDirtyTimestamp`` is below the registered one's) only renews the lease.
+        """
+        info = codec.read_instance(req)
+        asked = mapping.registration(info, _app(req, app), req.context.namespace, self.registry.ttl)
+        registration = asked.registration
+        key = InstanceKey(
+            registration.namespace, registration.service_name, str(registration.instance_id)
+        )
+        live = self.registry.find(key)
+        if live is not None and _older(registration, live):
+            self.registry.renew(key)
+        else:
+            instance, _ = self.registry.register(registration)
+            if asked.override is not None and instance.status_override is None:
+                self.registry.set_status_override(instance.key, asked.override)
+        resp.status = falcon.HTTP_204
 
 
 class InstanceResource(EurekaResource):
@@ -213,7 +228,7 @@ class InstanceResource(EurekaResource):
         renewed = self.registry.renew(key)
         if renewed is None:
             raise NotFound(f"no live instance {key.instance_id!r} of app {_app(req, app)!r}")
-        registered = mapping.last_dirty_timestamp(renewed)
+        registered = mapping.last_dirty_timestamp(renewed.metadata)
         if sent is not None and registered is not None and sent > registered:
             raise falcon.HTTPNotFound(
                 title="Not found", description="the client's instance is newer: register it again"
