@@ -38,8 +38,9 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from keyard.errors import InvalidInput
-from keyard.model import DEFAULT_VERSION, STATUSES, Instance, Registration
+from keyard.model import DEFAULT_VERSION, STATUSES, Instance, InstanceKey, Registration
 from keyard.registry import TtlPolicy
+from keyard.stores.changes import PUT, Change
 
 #: Metadata keys that keep Eureka's own InstanceInfo fields start with this.
 RESERVED_PREFIX = "eureka."
@@ -416,6 +417,14 @@ def last_dirty_timestamp(metadata: Mapping[str, str]) -> int | None:
     return _stored_int(metadata.get(RESERVED_PREFIX + "lastDirtyTimestamp"))
 
 
+def older_than(registration: Registration, live: Instance) -> bool:
+    """Whether a registration's ``lastDirtyTimestamp`` is below the live instance's (then
+    Eureka keeps the instance as it is, and only renews its lease)."""
+    sent = last_dirty_timestamp(registration.metadata or {})
+    registered = last_dirty_timestamp(live.metadata)
+    return sent is not None and registered is not None and sent < registered
+
+
 def has_vip(instance: Instance, vip: str, *, secure: bool) -> bool:
     """Whether the instance has ``vip`` among its (secure) VIP addresses, in any case."""
     prefix = SECURE_VIP_TAG if secure else VIP_TAG
@@ -423,6 +432,30 @@ def has_vip(instance: Instance, vip: str, *, secure: bool) -> bool:
     return any(
         tag.startswith(prefix) and tag[len(prefix) :].upper() == wanted for tag in instance.tags
     )
+
+
+def delta_actions(changes: Iterable[Change]) -> list[tuple[Instance, str]]:
+    """Each instance of a change log once, with its last change as Eureka's actionType.
+
+    ``DELETED`` when removed or expired; ``ADDED`` when the change registered it (its
+    registration time differs from the change before's, or, first in the log, is its
+    last heartbeat); else ``MODIFIED``. In the order of their last changes.
+    """
+    latest: dict[InstanceKey, tuple[Instance, str]] = {}
+    for change in changes:
+        instance = change.instance
+        before = latest.pop(instance.key, None)
+        if change.kind != PUT:
+            action = "DELETED"
+        elif before is not None and before[1] != "DELETED":
+            same = before[0].registered_at == instance.registered_at
+            action = "MODIFIED" if same else "ADDED"
+        elif instance.registered_at == instance.last_heartbeat_at:
+            action = "ADDED"
+        else:
+            action = "MODIFIED"
+        latest[instance.key] = (instance, action)
+    return list(latest.values())
 
 
 def hashcode(instances: Iterable[Instance]) -> str:

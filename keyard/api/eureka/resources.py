@@ -18,9 +18,8 @@ from keyard.api.eureka import codec, mapping
 from keyard.api.paths import segment
 from keyard.api.request_fields import read_fields
 from keyard.errors import InvalidInput, NotFound
-from keyard.model import STATUSES, Instance, InstanceFilter, InstanceKey, Registration
+from keyard.model import STATUSES, Instance, InstanceFilter, InstanceKey
 from keyard.registry import Registry
-from keyard.stores.changes import PUT
 
 #: Every status: Eureka shows instances whatever their status.
 ANY_STATUS = InstanceFilter(statuses=None)
@@ -91,13 +90,6 @@ def _applications(
     }
 
 
-def _older(registration: Registration, live: Instance) -> bool:
-    """Whether the registration's ``lastDirtyTimestamp`` is below the live instance's."""
-    sent = mapping.last_dirty_timestamp(registration.metadata or {})
-    registered = mapping.last_dirty_timestamp(live.metadata)
-    return sent is not None and registered is not None and sent < registered
-
-
 def _status_field(given: dict[str, object], name: str) -> str | None:
     value = given.get(name)
     if value is None:
@@ -144,36 +136,19 @@ class ApplicationResource(EurekaResource):
     on_head = on_get
 
     def delta(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """``apps/delta``: what changed in the change log's window (at least 3 minutes).
-
-        Each instance changed there once, with its last change: ``DELETED`` when removed
-        or expired, ``ADDED`` when that change registered it (the record's registration
-        time is its last heartbeat, or differs from the change before), else
-        ``MODIFIED``; the
-        hashcode is the whole namespace's. A store that keeps no change log answers
-        every instance as ``ADDED``.
+        """``apps/delta``: the instances changed in the change log's window (at least 3
+        minutes), each with its last change's action (:func:`mapping.delta_actions`), and
+        the whole namespace's hashcode. A store that keeps no change log answers every
+        instance as ``ADDED``.
         """
         namespace = req.context.namespace
         index = self.registry.change_index(namespace, None)
         if index is None:
             self.applications(req, resp, lambda instance: True)
             return
-        latest: dict[InstanceKey, tuple[Instance, str]] = {}
-        for change in self.registry.recent_changes(namespace):
-            instance = change.instance
-            before = latest.pop(instance.key, None)
-            if change.kind != PUT:
-                action = "DELETED"
-            elif before is not None and before[1] != "DELETED":
-                same = before[0].registered_at == instance.registered_at
-                action = "MODIFIED" if same else "ADDED"
-            elif instance.registered_at == instance.last_heartbeat_at:
-                action = "ADDED"
-            else:
-                action = "MODIFIED"
-            latest[instance.key] = (instance, action)
+        changed = mapping.delta_actions(self.registry.recent_changes(namespace))
         everything = self.registry.everything(namespace)
-        infos = [(i, mapping.instance_info(i, action)) for i, action in latest.values()]
+        infos = [(i, mapping.instance_info(i, action)) for i, action in changed]
         codec.answer(req, resp, "applications", _applications(infos, index, everything))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, app: str) -> None:
@@ -189,7 +164,7 @@ class ApplicationResource(EurekaResource):
             registration.namespace, registration.service_name, str(registration.instance_id)
         )
         live = self.registry.find(key)
-        if live is not None and _older(registration, live):
+        if live is not None and mapping.older_than(registration, live):
             self.registry.renew(key)
         else:
             instance, _ = self.registry.register(registration)
