@@ -15,11 +15,11 @@ prefix                tree
                       ``/eureka/v2/apps``)
 ====================  =====================================================
 
-The Eureka, lyft discovery and Amalgam8 APIs, and the operations endpoints, are
-added here as further rows. Everything that every tree needs is applied here,
+Another API (the operations endpoints, say) is one more row. Everything that every
+tree needs is applied here,
 so that no route can forget it: raw paths, ``require_https``
-(:mod:`keyard.api.transport`), the caller's namespace from its bearer token
-(:mod:`keyard.api.authentication`, before routing: every path of every tree
+(:mod:`keyard.api.transport`), the caller's namespace from its bearer token or basic
+credentials (:mod:`keyard.api.authentication`, before routing: every path of every tree
 answers 401 without credentials that the ``auth`` mode accepts), and the domain
 errors' HTTP statuses; each tree writes the error bodies.
 """
