@@ -29,3 +29,18 @@ class Tree(Protocol):
     ) -> None:
         """Write ``ex`` as this API writes its errors."""
         ...
+
+
+def error_description(req: falcon.Request, ex: falcon.HTTPError, served: str) -> str | None:
+    """What ``ex`` says went wrong, or, for falcon's own 404 and 405 (which say nothing),
+    what is served instead (``served``: the tree's routes) and which methods are allowed;
+    ``None`` for another error without a description."""
+    if ex.description:
+        return str(ex.description)
+    shown = req.path if len(req.path) <= 200 else f"{req.path[:200]}..."
+    if ex.status == falcon.HTTP_404:
+        return f"nothing is served at {shown!r}; {served}"
+    if ex.status == falcon.HTTP_405:
+        allowed = dict(ex.headers or {}).get("Allow", "")
+        return f"{req.method} is not allowed on {shown!r}; use {allowed}"
+    return None

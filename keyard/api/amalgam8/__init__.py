@@ -29,9 +29,14 @@ from typing import Any
 import falcon
 
 from keyard.api.amalgam8 import resources
+from keyard.api.tree import error_description
 from keyard.registry import Registry
 
 PREFIX = "/api/v1"
+
+
+#: How go-json-rest begins its own 404 and 405 messages.
+_GO_JSON_REST = {falcon.HTTP_404: "Resource not found", falcon.HTTP_405: "Method not allowed"}
 
 
 class Amalgam8Tree:
@@ -54,17 +59,11 @@ class Amalgam8Tree:
         self, req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
     ) -> None:
         """``{"Error": "..."}`` (go-json-rest's ``rest.Error``), whatever the Accept header."""
-        message = ex.description
-        if not message:
-            if ex.status == falcon.HTTP_404:
-                message = f"Resource not found: nothing is served at {req.path[:200]!r}"
-            elif ex.status == falcon.HTTP_405:
-                allowed = dict(ex.headers or {}).get("Allow", "")
-                message = f"Method not allowed: {req.method} on {req.path[:200]!r}; use {allowed}"
-            else:
-                message = ex.title or str(ex.status)
+        message = error_description(req, ex, f"Amalgam8's API is at {PREFIX}")
+        if not ex.description and ex.status in _GO_JSON_REST:
+            message = f"{_GO_JSON_REST[ex.status]}: {message}"  # as go-json-rest begins them
         resp.content_type = falcon.MEDIA_JSON
-        resp.media = {"Error": message}
+        resp.media = {"Error": message or ex.title or str(ex.status)}
 
 
 TREE = Amalgam8Tree()

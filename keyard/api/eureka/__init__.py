@@ -36,6 +36,7 @@ from typing import Any
 import falcon
 
 from keyard.api.eureka import resources
+from keyard.api.tree import error_description
 from keyard.registry import Registry
 
 PREFIX = "/eureka"
@@ -84,15 +85,9 @@ class EurekaTree:
             resp.data = b""
             return
         body = ex.to_dict()
-        if "description" not in body:
-            if ex.status == falcon.HTTP_404:
-                served = ", ".join(ROOTS)
-                body["description"] = (
-                    f"nothing is served at {req.path!r}; Eureka's API is at {served}"
-                )
-            elif ex.status == falcon.HTTP_405:
-                allowed = dict(ex.headers or {}).get("Allow", "")
-                body["description"] = f"{req.method} is not allowed on {req.path!r}; use {allowed}"
+        description = error_description(req, ex, f"Eureka's API is at {', '.join(ROOTS)}")
+        if description is not None:
+            body["description"] = description
         resp.content_type = falcon.MEDIA_JSON
         resp.media = body
 

@@ -26,6 +26,7 @@ from typing import Any
 import falcon
 
 from keyard.api.lyft import resources
+from keyard.api.tree import error_description
 from keyard.registry import Registry
 
 REGISTRATION, LOADBALANCING, HEALTHCHECK = "/v1/registration", "/v1/loadbalancing", "/healthcheck"
@@ -61,17 +62,9 @@ class LyftTree:
         self, req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
     ) -> None:
         """``{"error": "..."}`` (lyft's error body), whatever the request's Accept said."""
-        message = ex.description
-        if message is None:
-            if ex.status == falcon.HTTP_404:
-                message = f"nothing is served at {req.path!r}; lyft discovery serves {_ROUTES}"
-            elif ex.status == falcon.HTTP_405:
-                allowed = dict(ex.headers or {}).get("Allow", "GET, POST, DELETE")
-                message = f"{req.method} is not allowed on {req.path!r}; use {allowed}"
-            else:
-                message = ex.title or str(ex.status)
+        message = error_description(req, ex, f"lyft discovery serves {_ROUTES}")
         resp.content_type = falcon.MEDIA_JSON
-        resp.media = {"error": message}
+        resp.media = {"error": message or ex.title or str(ex.status)}
 
 
 TREE = LyftTree()

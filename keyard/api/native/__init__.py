@@ -20,6 +20,7 @@ from typing import Any
 import falcon
 
 from keyard.api.native import resources
+from keyard.api.tree import error_description
 from keyard.registry import Registry
 
 log = logging.getLogger("keyard")
@@ -89,12 +90,9 @@ class NativeTree:
     ) -> None:
         """Every error is JSON, whatever the request's Accept header said."""
         body = ex.to_dict()
-        if "description" not in body:
-            if ex.status == falcon.HTTP_404:
-                body["description"] = f"nothing is served at {req.path!r}; keyard serves /keyard"
-            elif ex.status == falcon.HTTP_405:
-                allowed = dict(ex.headers or {}).get("Allow", "GET, POST, PUT, DELETE")
-                body["description"] = f"{req.method} is not allowed on {req.path!r}; use {allowed}"
+        description = error_description(req, ex, "keyard's own API is at /keyard")
+        if description is not None:
+            body["description"] = description
         resp.content_type = falcon.MEDIA_JSON
         resp.media = body
 
