@@ -103,7 +103,10 @@ def test_the_go_clients_calls_across_two_workers(server: str, tmp_path: Path) ->
         slashed = registration(service_name="a/b")
         assert call("POST", f"{api}/instances", body=slashed)[0] == 201
         assert call("GET", f"{api}/services/a%2Fb")[2]["service_name"] == "a/b"
-        not_found = "Resource not found: nothing is served at '/api/v1/nothing'"
+        not_found = (
+            "Resource not found: nothing is served at '/api/v1/nothing'; "
+            "Amalgam8's API is at /api/v1"
+        )
         assert call("GET", f"{api}/nothing")[:3:2] == (404, {"Error": not_found})
         status, _, error = call("GET", f"{api}/instances/{amalgam8_id}")
         assert status == 405 and "Error" in error
