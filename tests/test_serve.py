@@ -407,3 +407,46 @@ def test_the_access_log_has_one_line_per_request_when_asked_for(
         if lines:
             assert '"POST /keyard HTTP/1.1" 201' in logged[0], logged
             assert '"GET /keyard/services HTTP/1.1" 200' in logged[2], logged
+
+
+@SERVERS
+def test_a_blocking_query_waits_on_the_callers_namespace_not_the_default_one(
+    server: str, tmp_path: Path
+) -> None:
+    config = {"store_type": "sqlite", "sqlite": {"path": str(tmp_path / "registry.db")},
+              "auth": {"mode": "trusted"}}  # fmt: skip
+    keyard_serve.write_config(tmp_path, json.dumps(config))
+
+    def as_team(team: str, method: str, path: str, data: dict | None = None) -> dict:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        request = urllib.request.Request(
+            served.url + path, data=body, method=method, headers={"Authorization": f"Bearer {team}"}
+        )
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return {"index": response.headers["X-Keyard-Index"], **json.loads(response.read())}
+
+    with keyard_serve.start(server, tmp_path, free_port()) as served:
+        as_team("team-a", "POST", "/keyard", {"service_name": "web", "location": "a"})
+        index = as_team("team-a", "GET", "/keyard/services/web")["index"]
+        answers: list[tuple[float, dict]] = []
+        started = time.monotonic()
+
+        def watch() -> None:
+            found = as_team("team-a", "GET", f"/keyard/services/web?index={index}&wait=10")
+            answers.append((time.monotonic() - started, found))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        time.sleep(0.5)
+        # A change of the same service in another namespace is not team-a's: the query
+        # keeps waiting, past the front's 1 s recheck (it once waited on `default`'s index).
+        as_team("team-b", "POST", "/keyard", {"service_name": "web", "location": "b"})
+        time.sleep(2.0)
+        assert answers == [], answers
+        as_team("team-a", "POST", "/keyard", {"service_name": "web", "location": "c"})
+        watcher.join(timeout=10)
+        assert len(answers) == 1, answers
+        elapsed, found = answers[0]
+        assert 2.4 < elapsed < 5, elapsed
+        assert int(found["index"]) > int(index)
+        assert sorted(i["location"] for i in found["instances"]) == ["a", "c"]

@@ -78,8 +78,15 @@ def _basic_token(encoded: str) -> str:
     return token
 
 
+#: The WSGI environ key where :class:`Authenticate` leaves the caller's namespace, for
+#: the server that called the app (``keyard serve``'s front parks a blocking query
+#: under it: :mod:`keyard.server.waiting`).
+NAMESPACE_KEY = "keyard.namespace"
+
+
 class Authenticate:
-    """Middleware: ``req.context.namespace`` (and ``principal``) from the request's token."""
+    """Middleware: ``req.context.namespace`` (and ``principal``) from the request's token,
+    also left in the environ under :data:`NAMESPACE_KEY`."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
@@ -87,4 +94,4 @@ class Authenticate:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         principal = self.authenticator.authenticate(bearer_token(req))
         req.context.principal = principal
-        req.context.namespace = principal.namespace
+        req.context.namespace = req.env[NAMESPACE_KEY] = principal.namespace

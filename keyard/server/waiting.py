@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from keyard.api.authentication import NAMESPACE_KEY
 from keyard.api.native import fields
 from keyard.errors import InvalidInput
 from keyard.model import DEFAULT_NAMESPACE
@@ -51,14 +52,15 @@ BODY_LIMIT = 65536 + 1
 _SERVICES = "/keyard/services"
 
 
-def watched_by(path: str) -> Watched | None:
-    """What a GET of ``path`` watches: the catalog, one service, or None (no blocking query)."""
+def watched_by(path: str) -> tuple[str | None] | None:
+    """What a GET of ``path`` watches: ``(None,)`` for the catalog, ``(name,)`` for one
+    service, or None (no blocking query). The namespace is the caller's: the app's."""
     path = path.rstrip("/")
     if path == _SERVICES:
-        return (DEFAULT_NAMESPACE, None)
+        return (None,)
     prefix = _SERVICES + "/"
     if path.startswith(prefix) and "/" not in path[len(prefix) :] and len(path) > len(prefix):
-        return (DEFAULT_NAMESPACE, urllib.parse.unquote(path[len(prefix) :]))
+        return (urllib.parse.unquote(path[len(prefix) :]),)
     return None
 
 
@@ -212,11 +214,15 @@ class WaitingFront:
         await wsgi_bridge.send(send, answer)
 
     async def _answer(self, scope: Scope, body: bytes, query: bytes | None = None) -> Answer:
-        """The app's answer: computed here, on the loop, for a read of a store whose reads
-        are local (a few dozen microseconds, no wait), else in the pool of threads."""
-        if self.inline_reads and not body and scope["method"] in ("GET", "HEAD"):
-            return wsgi_bridge.run(self.app, wsgi_bridge.environ(scope, body, query))
-        return await wsgi_bridge.call(self.app, self.executor, scope, body, query)
+        """The app's answer (see :meth:`_answer_env`)."""
+        return await self._answer_env(wsgi_bridge.environ(scope, body, query), bool(body))
+
+    async def _answer_env(self, env: dict[str, Any], body: bool) -> Answer:
+        """The app's answer to ``env``: computed here, on the loop, for a read of a store
+        whose reads are local (a few dozen microseconds, no wait), else in the pool."""
+        if self.inline_reads and not body and env["REQUEST_METHOD"] in ("GET", "HEAD"):
+            return wsgi_bridge.run(self.app, env)
+        return await wsgi_bridge.call(self.app, self.executor, env)
 
     async def answered(self, timeout: float) -> bool:
         """Whether every blocking query was answered within ``timeout`` seconds (after
@@ -238,8 +244,9 @@ class WaitingFront:
                 return
 
     @staticmethod
-    def _blocking(scope: Scope, body: bytes) -> tuple[Watched, int, float] | None:
-        """What a blocking query watches, its index and its wait; None for any other request."""
+    def _blocking(scope: Scope, body: bytes) -> tuple[str | None, int, float] | None:
+        """The service a blocking query watches (None: the catalog), its index and its
+        wait; None for any other request."""
         if scope["method"] not in ("GET", "HEAD") or body:
             return None
         query: bytes = scope.get("query_string", b"")
@@ -259,17 +266,20 @@ class WaitingFront:
             return None
         if index is None:
             return None
-        return watched, index, wait
+        return watched[0], index, wait
 
     async def _answer_blocking(
-        self, scope: Scope, watched: Watched, index: int, wait: float
+        self, scope: Scope, service: str | None, index: int, wait: float
     ) -> Answer:
         query = without_wait(scope.get("query_string", b""))
-        answer = await self._answer(scope, b"", query)
+        env = wsgi_bridge.environ(scope, b"", query)
+        answer = await self._answer_env(env, False)
         if answer.status != 200 or answer.header(b"x-keyard-index") != str(index).encode():
             return answer
         if stopping():
             return answer
+        # Parked under the caller's namespace, which the app's authentication left in env.
+        watched = (env.get(NAMESPACE_KEY, DEFAULT_NAMESPACE), service)
         woken = await self.parked.wait(watched, index, spread_wait(wait))
         if not woken:
             return await self._answer(scope, b"", query)

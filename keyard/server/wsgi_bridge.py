@@ -98,15 +98,8 @@ def run(app: WsgiApp, env: dict[str, Any]) -> Answer:
     return Answer(int(status.split(" ", 1)[0]), encoded, body)
 
 
-async def call(
-    app: WsgiApp,
-    executor: Executor,
-    scope: Scope,
-    body: bytes,
-    query_string: bytes | None = None,
-) -> Answer:
-    """``app``'s answer to the request ``scope`` with ``body``, computed in ``executor``."""
-    env = environ(scope, body, query_string)
+async def call(app: WsgiApp, executor: Executor, env: dict[str, Any]) -> Answer:
+    """``app``'s answer to the request of ``env``, computed in ``executor``."""
     return await asyncio.get_running_loop().run_in_executor(executor, run, app, env)
 
 
