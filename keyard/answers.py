@@ -21,6 +21,12 @@ from keyard.registry import Reading, Registry
 
 T = TypeVar("T")
 
+#: The WSGI environ key where an API leaves the :class:`~keyard.registry.Reading` that
+#: a GET's whole answer was made from, and holds as long as (its bytes depend on nothing
+#: else of the request but its path, query string, ``Authorization`` and ``Accept``):
+#: ``keyard serve``'s front then keeps the whole answer (:mod:`keyard.server.waiting`).
+READING_KEY = "keyard.reading"
+
 #: At most this many answers are kept per cache; past it the cache starts afresh
 #: (a lookup's keys are few; a flood of distinct query strings must not grow memory).
 KEPT_ANSWERS = 4096

@@ -52,10 +52,7 @@ def wire(
     the config names; ``clock`` (a function returning Unix seconds) replaces
     ``time.time``. An invalid config raises ConfigError here, never later.
     """
-    if config is None:
-        config = config_module.current()
-    elif not isinstance(config, Config):
-        config = config_module.from_dict(config, source="create_app(config=...)")
+    config = _checked(config)
     chosen = type(store) if store is not None else store_class(config.store_type)
     refuse_unshared_store_under_workers(chosen, gunicorn_workers())
     if store is None:
@@ -74,6 +71,14 @@ def wire(
     return app, registry
 
 
+def _checked(config: Config | Mapping[str, Any] | None) -> Config:
+    if config is None:
+        return config_module.current()
+    if not isinstance(config, Config):
+        return config_module.from_dict(config, source="create_app(config=...)")
+    return config
+
+
 def create_asgi_app(
     config: Config | Mapping[str, Any] | None = None,
     *,
@@ -85,6 +90,10 @@ def create_asgi_app(
     waiting on the event loop (:mod:`keyard.server.waiting`); arguments as :func:`wire`."""
     from keyard.server.waiting import WaitingFront
 
+    config = _checked(config)
     app, registry = wire(config, store=store, clock=clock)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyard-app")
-    return WaitingFront(app, registry, executor)
+    # Whole answers are kept in the front only where a request's headers alone say who
+    # asks: not with JWTs (a token expires) nor require_https (the peer's address counts).
+    keep = "jwt" not in config.auth.modes and not config.require_https
+    return WaitingFront(app, registry, executor, keep_answers=keep)

@@ -450,3 +450,42 @@ def test_a_blocking_query_waits_on_the_callers_namespace_not_the_default_one(
         assert 2.4 < elapsed < 5, elapsed
         assert int(found["index"]) > int(index)
         assert sorted(i["location"] for i in found["instances"]) == ["a", "c"]
+
+
+def test_kept_lookup_answers_follow_every_write_namespace_and_accept_header(
+    tmp_path: Path,
+) -> None:
+    """keyard serve's front keeps lookup answers: never one another namespace or Accept
+    header asked for, never one a write of any worker has changed, never past a lease."""
+    config = {"store_type": "sqlite", "sqlite": {"path": str(tmp_path / "registry.db")},
+              "auth": {"mode": "trusted"}, "min_ttl": 1}  # fmt: skip
+    keyard_serve.write_config(tmp_path, json.dumps(config))
+
+    def as_team(team: str, method: str, path: str, data: dict | None = None,
+                accept: str = "application/json") -> tuple[int, object]:  # fmt: skip
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        headers = {"Authorization": f"Bearer {team}", "Accept": accept}
+        request = urllib.request.Request(served.url + path, body, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    lookup = "/keyard?service_name=web"
+    with keyard_serve.start("granian", tmp_path, free_port(), ["--workers", "2"]) as served:
+        as_team("team-a", "POST", "/keyard", {"service_name": "web", "location": "a1"})
+        as_team("team-b", "POST", "/keyard", {"service_name": "web", "location": "b1"})
+        for round_ in range(2, 6):  # many lookups between writes: both workers keep answers
+            for _ in range(8):
+                assert as_team("team-a", "GET", lookup) == (
+                    200, {"result": [f"a{n}" for n in range(1, round_)]})
+                assert as_team("team-b", "GET", lookup) == (200, {"result": ["b1"]})
+                assert as_team("team-a", "GET", lookup, accept="text/html")[0] == 406
+            as_team("team-a", "POST", "/keyard", {"service_name": "web", "location": f"a{round_}"})
+        as_team("team-b", "POST", "/keyard",
+                {"service_name": "web", "location": "b2", "ttl": "1"})  # fmt: skip
+        assert as_team("team-b", "GET", lookup) == (200, {"result": ["b1", "b2"]})
+        time.sleep(1.2)  # b2's lease ran out: no kept answer names it
+        for _ in range(4):
+            assert as_team("team-b", "GET", lookup) == (200, {"result": ["b1"]})

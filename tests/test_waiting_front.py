@@ -80,3 +80,39 @@ def test_a_bad_or_stale_index_is_answered_at_once_and_wait_runs_out() -> None:
         assert (status, body["index"]) == (200, current)
 
     asyncio.run(scenario())
+
+
+def test_a_repeated_lookup_is_answered_by_the_front_until_a_write() -> None:
+    async def scenario() -> None:
+        front = create_asgi_app({"store_type": "simple"}, store=MemoryStore(), threads=1)
+        assert front.kept is not None
+        register(front, "a")
+        calls = 0
+        app = front.app
+
+        def counting(env: dict[str, Any], start_response: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return app(env, start_response)
+
+        front.app = counting
+        for _ in range(5):
+            assert await request(front, "/keyard", "service_name=web") == (200, {"result": ["a"]})
+        assert calls == 1  # the four after the first: the front's kept answer
+        register(front, "b")
+        assert await request(front, "/keyard", "service_name=web") == (
+            200, {"result": ["a", "b"]})  # fmt: skip
+        assert calls == 2
+        # A choice is never kept: each is picked afresh.
+        for _ in range(3):
+            await request(front, "/keyard", "service_name=web&load_balancer_strategy=random")
+        assert calls == 5
+
+    asyncio.run(scenario())
+
+
+def test_the_front_keeps_no_answer_where_headers_do_not_say_who_asks() -> None:
+    jwt = {"auth": {"mode": ["jwt", "trusted"], "jwt_secret": "x" * 32}}
+    for config in (jwt, {"require_https": True}):
+        front = create_asgi_app({"store_type": "simple", **config}, store=MemoryStore())
+        assert front.kept is None, config

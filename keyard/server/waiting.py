@@ -18,6 +18,14 @@ as under gunicorn) in a small pool of threads, except the wait of a blocking que
 
 A blocking query with a body, or whose ``index`` or ``wait`` the front cannot read,
 goes to the app as it is (which answers the error, or waits in its thread).
+
+With ``keep_answers`` the front also keeps the whole answer of a lookup (``GET
+/keyard?service_name=...``, not a load-balanced choice) that the app says holds
+(:data:`~keyard.answers.READING_KEY`), and answers the same request again without the
+app while it holds (:class:`~keyard.answers.Answers`: no write to the service, no lease
+run out). Same request means the same raw path, query string, ``Authorization`` and
+``Accept``: so only where those say who asks (not with JWTs, which expire, nor with
+``require_https``, which also asks the peer's address).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from keyard.answers import READING_KEY, Answers
 from keyard.api.authentication import NAMESPACE_KEY
 from keyard.api.native import fields
 from keyard.errors import InvalidInput
@@ -185,8 +194,12 @@ class WaitingFront:
     ``executor`` runs ``app`` (its size is the number of requests answered at once).
     """
 
-    def __init__(self, app: WsgiApp, registry: Registry, executor: Executor) -> None:
+    def __init__(
+        self, app: WsgiApp, registry: Registry, executor: Executor, *, keep_answers: bool = False
+    ) -> None:
+        """``keep_answers``: keep the whole answers of lookups (see :meth:`_kept_key`)."""
         self.app = app
+        self.kept: Answers[Answer] | None = Answers(registry) if keep_answers else None
         self.parked = ParkedRequests(registry, executor)
         self.executor = executor
         self._shared: dict[tuple[Any, ...], asyncio.Future[Answer]] = {}
@@ -202,9 +215,20 @@ class WaitingFront:
         if self.parked.loop is None:
             self.parked.start(asyncio.get_running_loop())
         body = await _read_body(receive) if _has_body(scope) else b""
+        key = None
+        if self.kept is not None and not body and scope["method"] == "GET":
+            key = _kept_key(scope)
+            kept = self.kept.get(key) if key is not None else None
+            if kept is not None:
+                await wsgi_bridge.send(send, kept)
+                return
         blocking = self._blocking(scope, body)
         if blocking is None:
-            answer = await self._answer(scope, body)
+            env = wsgi_bridge.environ(scope, body)
+            answer = await self._answer_env(env, bool(body))
+            reading = env.get(READING_KEY)
+            if self.kept is not None and key is not None and reading is not None:
+                self.kept.keep(key, reading, answer)
         else:
             self.blocking += 1
             try:
@@ -290,6 +314,28 @@ class WaitingFront:
             self._shared[key] = shared
             shared.add_done_callback(lambda _: self._shared.pop(key, None))
         return await asyncio.shield(shared)
+
+
+def _kept_key(scope: Scope) -> tuple[bytes, bytes, bytes | None, bytes | None] | None:
+    """What a GET's kept whole answer is kept under: its raw path and query string, its
+    ``Authorization`` (the namespace) and ``Accept``, which are all a lookup's answer
+    depends on (:data:`~keyard.answers.READING_KEY`); None for a request whose answer is
+    never kept (a blocking query, either header sent twice)."""
+    query: bytes = scope.get("query_string", b"")
+    if b"index" in query:
+        return None
+    authorization = accept = None
+    for raw_name, value in scope.get("headers", ()):
+        name = raw_name.lower()
+        if name == b"authorization":
+            if authorization is not None:
+                return None
+            authorization = bytes(value)
+        elif name == b"accept":
+            if accept is not None:
+                return None
+            accept = bytes(value)
+    return (scope.get("raw_path") or scope["path"].encode(), query, authorization, accept)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

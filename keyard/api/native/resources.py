@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import falcon
 
-from keyard.answers import Answers
+from keyard.answers import READING_KEY, Answers
 from keyard.api.native import codec, fields
 from keyard.api.paths import segment
 from keyard.api.request_fields import has_no_body, read_fields
@@ -74,6 +74,7 @@ class KeyardResource(NativeResource):
             answer = codec.encode({"result": [i.location for i in reading.instances]})
             if key is not None:
                 self.answers.keep(key, reading, answer)
+                req.env[READING_KEY] = reading
             resp.data = answer
 
     # HEAD is GET without the body (RFC 9110 9.3.2: every server supports both);
