@@ -27,6 +27,11 @@ T = TypeVar("T")
 #: ``keyard serve``'s front then keeps the whole answer (:mod:`keyard.server.waiting`).
 READING_KEY = "keyard.reading"
 
+#: Beside :data:`READING_KEY`, for an answer whose body is made afresh each time from
+#: the same reading (a load-balancing choice): the function that makes it
+#: (:class:`keyard.app.App` calls it for each kept answer; the front keeps none of these).
+BODY_KEY = "keyard.body"
+
 #: At most this many answers are kept per cache; past it the cache starts afresh
 #: (a lookup's keys are few; a flood of distinct query strings must not grow memory).
 KEPT_ANSWERS = 4096

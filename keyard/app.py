@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import falcon
 
 from keyard import api
+from keyard.answers import BODY_KEY, READING_KEY, Answers
 from keyard.helpers import config as config_module
 from keyard.helpers.config import Config
 from keyard.registry import Clock, Registry, TtlPolicy
@@ -38,6 +39,75 @@ def create_app(
     return wire(config, store=store, clock=clock)[0]
 
 
+def keeps_whole_answers(config: Config) -> bool:
+    """Whether a lookup's whole answer may be kept by its request's path, query string,
+    ``Authorization`` and ``Accept`` alone: not with JWTs (a token expires, and the
+    same header is then refused) nor with ``require_https`` (the peer counts too)."""
+    return "jwt" not in config.auth.modes and not config.require_https
+
+
+class App(falcon.App):
+    """keyard's falcon app; with ``registry``, it also answers a repeated lookup again
+    from its whole kept answer (status, headers, bytes), before falcon parses anything.
+
+    A ``GET`` without a body whose answer the API marked as holding
+    (:data:`~keyard.answers.READING_KEY`) is kept under its path, query string,
+    ``Authorization`` and ``Accept`` (all the answer depends on) while it holds
+    (:class:`~keyard.answers.Answers`: no write to the service, no lease run out).
+    Where the API left a function making each answer's body afresh from the same
+    reading (:data:`~keyard.answers.BODY_KEY`: a load-balancing choice), the kept
+    answer calls it.
+    """
+
+    def __init__(self, *args: Any, registry: Registry | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept: Answers[_KeptAnswer] | None = Answers(registry) if registry is not None else None
+
+    def __call__(self, env: dict[str, Any], start_response: Any) -> Any:
+        kept = self.kept
+        if (
+            kept is None
+            or env.get("REQUEST_METHOD") != "GET"
+            or env.get("CONTENT_LENGTH") not in (None, "", "0")
+            or "HTTP_TRANSFER_ENCODING" in env
+        ):
+            return super().__call__(env, start_response)
+        key = (
+            env.get("PATH_INFO"),
+            env.get("RAW_URI") or env.get("REQUEST_URI"),
+            env.get("QUERY_STRING"),
+            env.get("HTTP_AUTHORIZATION"),
+            env.get("HTTP_ACCEPT"),
+        )
+        answer = kept.get(key)
+        if answer is not None:
+            status, headers, body = answer
+            if not isinstance(body, bytes):
+                made = body()
+                headers = [
+                    (name, str(len(made))) if name.lower() == "content-length" else (name, value)
+                    for name, value in headers
+                ]
+                body = made
+            start_response(status, list(headers))
+            return [body]
+        started: list[Any] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            started[:] = [status, headers]
+            return start_response(status, headers, exc_info)
+
+        answered = super().__call__(env, capture)
+        reading = env.get(READING_KEY)
+        if reading is not None and started and isinstance(answered, list) and len(answered) == 1:
+            maker: bytes | Callable[[], bytes] = env.get(BODY_KEY) or answered[0]
+            kept.keep(key, reading, (started[0], list(started[1]), maker))
+        return answered
+
+
+_KeptAnswer = tuple[str, list[tuple[str, str]], bytes | Callable[[], bytes]]
+
+
 def wire(
     config: Config | Mapping[str, Any] | None = None,
     *,
@@ -50,7 +120,9 @@ def wire(
     ``None`` for the file loaded by ``keyard.helpers.config.load_file`` (else
     ``KEYARD_CONFIG``, ``./config.json``, defaults). ``store`` replaces the store
     the config names; ``clock`` (a function returning Unix seconds) replaces
-    ``time.time``. An invalid config raises ConfigError here, never later.
+    ``time.time``. The app keeps whole lookup answers (:class:`App`) where the
+    config allows it (:func:`keeps_whole_answers`). An invalid config raises
+    ConfigError here, never later.
     """
     config = _checked(config)
     chosen = type(store) if store is not None else store_class(config.store_type)
@@ -63,7 +135,8 @@ def wire(
         ttl=TtlPolicy(config.default_ttl, config.min_ttl, config.max_ttl),
         capacity=config.namespace_capacity,
     )
-    app = falcon.App(middleware=api.middleware(config))
+    keep = keeps_whole_answers(config)
+    app = App(middleware=api.middleware(config), registry=registry if keep else None)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
     api.mount(app, registry)
@@ -93,7 +166,5 @@ def create_asgi_app(
     config = _checked(config)
     app, registry = wire(config, store=store, clock=clock)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyard-app")
-    # Whole answers are kept in the front only where a request's headers alone say who
-    # asks: not with JWTs (a token expires) nor require_https (the peer's address counts).
-    keep = "jwt" not in config.auth.modes and not config.require_https
+    keep = keeps_whole_answers(config)
     return WaitingFront(app, registry, executor, keep_answers=keep)

@@ -178,6 +178,59 @@ def test_distinct_query_strings_keep_a_bounded_number_of_answers(api: webtest.Te
     for n in range(KEPT_ANSWERS + 10):
         api.get(f"/keyard?service_name=web&version={n}")
     assert len(_resource(api).answers._kept) <= KEPT_ANSWERS  # type: ignore[attr-defined]
+    assert len(api.app.kept._kept) <= KEPT_ANSWERS  # type: ignore[attr-defined]
+
+
+# -- whole answers, kept by the app itself (keyard.app.App) --------------------------
+
+
+def test_the_app_keeps_whole_answers_apart_by_namespace_and_accept(
+    store_and_path: tuple[Store, Path], clock: FakeClock
+) -> None:
+    store, _ = store_and_path
+    app = create_app({"auth": {"mode": "trusted"}}, store=store, clock=clock)
+    api = webtest.TestApp(app)
+    for team in ("team-a", "team-b"):
+        api.authorization = ("Bearer", team)
+        _register(api, f"http://{team}", ttl=60)
+    for _ in range(3):  # alternating: neither namespace's kept answer answers the other
+        for team in ("team-a", "team-b"):
+            api.authorization = ("Bearer", team)
+            assert api.get("/keyard?service_name=web").json == {"result": [f"http://{team}"]}
+    assert app.kept is not None and len(app.kept._kept) == 2  # type: ignore[attr-defined]
+    # The same query and token with an Accept that refuses JSON is refused every time.
+    refused = api.get("/keyard?service_name=web", headers={"Accept": "text/html"}, status=406)
+    assert "application/json" in refused.json["description"]
+    api.authorization = None
+    assert api.get("/keyard?service_name=web", status=401).json["title"]
+    # A write in one namespace changes its kept answer, not the other's.
+    api.authorization = ("Bearer", "team-a")
+    _register(api, "http://team-a-2", ttl=60)
+    assert api.get("/keyard?service_name=web").json["result"] == [
+        "http://team-a",
+        "http://team-a-2",
+    ]
+    api.authorization = ("Bearer", "team-b")
+    assert api.get("/keyard?service_name=web").json["result"] == ["http://team-b"]
+
+
+def test_a_kept_choice_answers_each_pick_with_its_own_length(api: webtest.TestApp) -> None:
+    _register(api, "http://a", ttl=60)
+    _register(api, "http://a-much-longer-location:8080/path", ttl=60)
+    seen = set()
+    for _ in range(60):
+        answer = api.get("/keyard?service_name=web&load_balancer_strategy=random")
+        assert int(answer.headers["Content-Length"]) == len(answer.body)
+        seen.add(answer.json["result"])
+    assert seen == {"http://a", "http://a-much-longer-location:8080/path"}
+    assert api.app.kept is not None and len(api.app.kept._kept) == 1  # type: ignore[attr-defined]
+
+
+def test_the_app_keeps_no_whole_answer_where_headers_do_not_say_who_asks() -> None:
+    jwt = {"auth": {"mode": ["jwt", "trusted"], "jwt_secret": "x" * 32}}
+    for config in (jwt, {"require_https": True}):
+        assert create_app(config, store=MemoryStore()).kept is None, config  # type: ignore[attr-defined]
+    assert create_app({"auth": {"mode": "trusted"}}, store=MemoryStore()).kept is not None  # type: ignore[attr-defined]
 
 
 # -- another process on the same sqlite file ------------------------------------------

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from keyard.stores.background import BackgroundThread, Backoff, PerProcess
+from keyard.stores.background import BackgroundThread, Backoff, PerProcess, process_id
 
 
 def test_backoff_doubles_from_the_first_pause_to_the_cap_and_resets() -> None:
@@ -20,6 +20,22 @@ def test_backoff_doubles_from_the_first_pause_to_the_cap_and_resets() -> None:
     assert Backoff(0.1, 1.0).next() == 0.1
     many = Backoff(0.1, 1.0)
     assert max(many.next() for _ in range(2000)) == 1.0  # no overflow however long it fails
+
+
+def test_the_process_id_is_the_child_s_own_after_a_fork() -> None:
+    assert process_id() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: tell whether it sees its own id, then leave at once
+        os.write(write, b"1" if process_id() == os.getpid() != os.getppid() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+    assert process_id() == os.getpid()
 
 
 def test_a_background_thread_starts_once_is_a_daemon_and_stops_within_the_bound() -> None:

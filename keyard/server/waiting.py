@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from keyard.answers import READING_KEY, Answers
+from keyard.answers import BODY_KEY, READING_KEY, Answers
 from keyard.api.authentication import NAMESPACE_KEY
 from keyard.api.native import fields
 from keyard.errors import InvalidInput
@@ -227,8 +227,11 @@ class WaitingFront:
             env = wsgi_bridge.environ(scope, body)
             answer = await self._answer_env(env, bool(body))
             reading = env.get(READING_KEY)
-            if self.kept is not None and key is not None and reading is not None:
-                self.kept.keep(key, reading, answer)
+            # Not a choice (BODY_KEY): each of its answers is made afresh, by the app.
+            choice = BODY_KEY in env
+            keeping = self.kept
+            if keeping is not None and key is not None and reading is not None and not choice:
+                keeping.keep(key, reading, answer)
         else:
             self.blocking += 1
             try:

@@ -12,6 +12,8 @@ a cache must never use it, and makes its own. So:
   first use, never handed to a forked child, which makes its own.
 - :class:`Backoff` is the pause between two attempts while the server is down:
   doubling from the first to a cap.
+- :func:`process_id` is ``os.getpid()`` without its system call, for the paths that
+  ask it on every request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """This process's id, as ``os.getpid()`` answers it, without its system call
+    (glibc stopped caching it): a fork hook sets it again in each child."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class Backoff:
@@ -65,7 +83,7 @@ class BackgroundThread:
     @property
     def owned(self) -> bool:
         """Whether this process made it (false in a child forked after that)."""
-        return self.pid == os.getpid()
+        return self.pid == _pid
 
     @property
     def alive(self) -> bool:
@@ -112,7 +130,7 @@ class PerProcess(Generic[T]):
     def here(self) -> T | None:
         """This process's value, or None when it has none (yet)."""
         value = self._value
-        return value if value is not None and self._pid == os.getpid() else None
+        return value if value is not None and self._pid == _pid else None
 
     def get(self, make: Callable[[], T]) -> T:
         """This process's value, made by ``make()`` (once: racing threads wait) if none."""
@@ -126,7 +144,7 @@ class PerProcess(Generic[T]):
                     _forget_after_fork(self)
                     self._fork_hook = True
                 value = make()
-                self._value, self._pid = value, os.getpid()
+                self._value, self._pid = value, _pid
         return value
 
     def pop(self) -> T | None:

@@ -41,7 +41,7 @@ from keyard.model import (
     derived_instance_id,
 )
 from keyard.stores import options as opt
-from keyard.stores.background import BackgroundThread, Backoff, PerProcess
+from keyard.stores.background import BackgroundThread, Backoff, PerProcess, process_id
 from keyard.stores.base import Store
 from keyard.stores.changes import FIRST_INDEX, LOG_SECONDS, SWEEP_INTERVAL, Change, Waiters
 
@@ -497,7 +497,7 @@ class _Checkpointer:
     """
 
     def __init__(self, store: SqliteStore) -> None:
-        self.pid = os.getpid()
+        self.pid = process_id()
         self._store = store
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -574,17 +574,17 @@ class _WalIndexHeader:
     SIZE = 48
 
     def __init__(self, descriptor: int) -> None:
-        self._map = mmap.mmap(descriptor, self.SIZE, prot=mmap.PROT_READ)
+        self.map = mmap.mmap(descriptor, self.SIZE, prot=mmap.PROT_READ)
 
     def read(self) -> bytes | None:
         """The header's bytes, or None once closed (by another thread, meanwhile)."""
         try:
-            return self._map[: self.SIZE]
+            return self.map[: self.SIZE]
         except ValueError:
             return None
 
     def close(self) -> None:
-        self._map.close()
+        self.map.close()
 
 
 class _MappedFile:
@@ -625,14 +625,14 @@ class _WalIndexMaps:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._pid = os.getpid()
+        self._pid = process_id()
         self._files: dict[tuple[int, int], _MappedFile] = {}
 
     def _entries(self) -> dict[tuple[int, int], _MappedFile]:
         # A child of fork() holds no lock of its parent's, and must never close the
         # parent's descriptors once its own connections hold locks on the file.
-        if self._pid != os.getpid():
-            self._pid, self._files = os.getpid(), {}
+        if self._pid != process_id():
+            self._pid, self._files = process_id(), {}
         return self._files
 
     def opened(self, identity: tuple[int, int]) -> None:
@@ -933,11 +933,17 @@ class SqliteStore(Store):
         (so that the lookup that follows makes it)."""
         slot = self._reader
         header = slot.wal_index
-        if header is None or slot.pid != os.getpid() or self._lost_in_pid is not None:
+        if (
+            header is None
+            or slot.pid != process_id()
+            or self._lost_in_pid is not None
+            or time.monotonic() >= self._next_file_check
+        ):
             return None
-        if time.monotonic() >= self._next_file_check:
+        try:  # header.read(), inlined: every kept answer asks it
+            return header.map[: _WalIndexHeader.SIZE]
+        except ValueError:  # closed by another thread meanwhile
             return None
-        return header.read()
 
     def lookup(
         self, namespace: str, service_name: str, version: str | None, now: float
@@ -1079,7 +1085,7 @@ class SqliteStore(Store):
         watcher = self._watcher.pop()
         if watcher is not None:
             watcher.stop(wait=2.0)
-        pid = os.getpid()
+        pid = process_id()
         with self._connections_lock:
             self._closed = True
             checkpointer, self._checkpointer = self._checkpointer, None
@@ -1176,10 +1182,10 @@ class SqliteStore(Store):
         file: closing it would make SQLite delete the new database's ``-wal`` and
         ``-shm`` files by name, under the processes using them.
         """
-        if self._lost_in_pid != os.getpid() and self._path_identity() != identity:
-            self._lost_in_pid = os.getpid()
+        if self._lost_in_pid != process_id() and self._path_identity() != identity:
+            self._lost_in_pid = process_id()
             log.error("%s", self._lost_message)
-        if self._lost_in_pid == os.getpid():
+        if self._lost_in_pid == process_id():
             raise StoreUnavailable(self._lost_message)
 
     @property
@@ -1206,7 +1212,7 @@ class SqliteStore(Store):
         read of a file deleted since loses nothing; one process's reads refuse
         at once once any of its calls has found the file gone).
         """
-        pid = os.getpid()
+        pid = process_id()
         connection = slot.connection
         if connection is not None and slot.pid == pid:
             if write:
@@ -1258,7 +1264,7 @@ class SqliteStore(Store):
     def _discard_connection(self, slot: _Slot) -> None:
         """Close the slot's connection after a failure; the next call opens a fresh one."""
         connection = slot.connection
-        if connection is None or slot.pid != os.getpid():
+        if connection is None or slot.pid != process_id():
             return
         slot.connection = None
         slot.wal_index = None  # the map is closed with the process's last connection

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import falcon
 
-from keyard.answers import READING_KEY, Answers
+from keyard.answers import BODY_KEY, READING_KEY, Answers
 from keyard.api.native import codec, fields
 from keyard.api.paths import segment
 from keyard.api.request_fields import has_no_body, read_fields
@@ -69,6 +70,8 @@ class KeyardResource(NativeResource):
             )
             if key is not None:
                 self.answers.keep(key, reading, choice)
+                req.env[READING_KEY] = reading
+                req.env[BODY_KEY] = functools.partial(_chosen, choice)
             resp.data = _chosen(choice)
         else:
             answer = codec.encode({"result": [i.location for i in reading.instances]})
