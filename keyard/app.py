@@ -62,6 +62,9 @@ class App(falcon.App):
     def __init__(self, *args: Any, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kept: Answers[_KeptAnswer] | None = Answers(registry) if registry is not None else None
+        #: False where a server in front keeps the lookups' whole answers itself
+        #: (``keyard serve``'s front): the app then keeps only its choices.
+        self.keeps_lookups = True
 
     def __call__(self, env: dict[str, Any], start_response: Any) -> Any:
         kept = self.kept
@@ -100,8 +103,11 @@ class App(falcon.App):
         answered = super().__call__(env, capture)
         reading = env.get(READING_KEY)
         if reading is not None and started and isinstance(answered, list) and len(answered) == 1:
-            maker: bytes | Callable[[], bytes] = env.get(BODY_KEY) or answered[0]
-            kept.keep(key, reading, (started[0], list(started[1]), maker))
+            maker: bytes | Callable[[], bytes] | None = env.get(BODY_KEY)
+            if maker is None and self.keeps_lookups:
+                maker = answered[0]
+            if maker is not None:
+                kept.keep(key, reading, (started[0], list(started[1]), maker))
         return answered
 
 
@@ -165,6 +171,8 @@ def create_asgi_app(
 
     config = _checked(config)
     app, registry = wire(config, store=store, clock=clock)
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyard-app")
     keep = keeps_whole_answers(config)
+    if isinstance(app, App):
+        app.keeps_lookups = not keep  # the front keeps them, before it builds an environ
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keyard-app")
     return WaitingFront(app, registry, executor, keep_answers=keep)

@@ -111,6 +111,21 @@ def test_a_repeated_lookup_is_answered_by_the_front_until_a_write() -> None:
     asyncio.run(scenario())
 
 
+def test_behind_the_front_the_app_keeps_only_choices_whole() -> None:
+    async def scenario() -> None:
+        front = create_asgi_app({"store_type": "simple"}, store=MemoryStore(), threads=1)
+        register(front, "a")
+        await request(front, "/keyard", "service_name=web")
+        await request(front, "/keyard", "service_name=web&load_balancer_strategy=random")
+        assert front.kept is not None and len(front.kept._kept) == 1  # the lookup
+        inner = front.app.kept  # type: ignore[attr-defined]
+        assert inner is not None and [key[2] for key in inner._kept] == [
+            "service_name=web&load_balancer_strategy=random"
+        ]
+
+    asyncio.run(scenario())
+
+
 def test_the_front_keeps_no_answer_where_headers_do_not_say_who_asks() -> None:
     jwt = {"auth": {"mode": ["jwt", "trusted"], "jwt_secret": "x" * 32}}
     for config in (jwt, {"require_https": True}):
