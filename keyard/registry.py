@@ -409,6 +409,11 @@ class Registry:
         """Whether the store's reads never wait on the network (see :class:`Store`)."""
         return self.store.reads_are_local
 
+    @property
+    def writes_are_local(self) -> bool:
+        """Whether an event loop may try the store's writes itself (see :class:`Store`)."""
+        return self.store.writes_are_local
+
     def subscribe_changes(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` from the store's thread whenever a change may have come
         (see :meth:`Store.subscribe_changes`); nothing for a store that keeps no index."""

@@ -18,6 +18,7 @@ from keyard.errors import ConfigError, InvalidInput, StoreUnavailable
 from keyard.model import DEFAULT_NAMESPACE as NS
 from keyard.model import InstanceKey, derived_instance_id
 from keyard.stores import create_store
+from keyard.stores.base import WouldWait, may_wait, without_waiting
 from keyard.stores.sqlite import FILE_CHECK_INTERVAL, PURGE_BATCH, TABLE, SqliteStore
 from keyard.testing.store_contract import (
     KEEP_ALL,
@@ -353,6 +354,46 @@ def test_a_write_locked_beyond_the_timeout_is_store_unavailable_then_recovers(
         assert locations(store.lookup(NS, "web", None, time.time())) == ["after", "before"]
     finally:
         blocker.close()
+        store.close()
+
+
+def test_without_waiting_a_locked_write_is_would_wait_and_writes_nothing(db_path: Path) -> None:
+    """What ``keyard serve``'s event loop relies on: a write it may not wait for says so
+    at once and leaves nothing behind; one that wrote lets the calls after it wait."""
+    store = SqliteStore(db_path, timeout=5.0)
+    store.put(make(location="before"))  # the writing connection is open,
+    assert locations(store.lookup(NS, "web", None, time.time())) == ["before"]  # and the reading
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with without_waiting():
+            with pytest.raises(WouldWait, match="another process holds the write lock"):
+                store.put(make(location="during"))
+            with pytest.raises(WouldWait):
+                store.deregister(make(location="before").key, time.time())
+            assert not may_wait()
+            # Reads go on (WAL), on the loop as anywhere.
+            assert locations(store.lookup(NS, "web", None, time.time())) == ["before"]
+        assert time.monotonic() - started < 1.0  # not the store's 5 s timeout
+        blocker.execute("COMMIT")
+        assert locations(store.lookup(NS, "web", None, time.time())) == ["before"]
+        with without_waiting():
+            assert store.put(make(location="after"))[1] is True
+            assert may_wait()  # it wrote: what follows waits as usual, never half made
+    finally:
+        blocker.close()
+        store.close()
+
+
+def test_without_waiting_a_first_write_of_the_process_is_would_wait(db_path: Path) -> None:
+    SqliteStore(db_path).close()  # the file exists; this process has no connection to it
+    store = SqliteStore(db_path)
+    try:
+        with without_waiting(), pytest.raises(WouldWait, match="not open yet"):
+            store.put(make(location="a"))  # opening may wait for another process
+        assert store.put(make(location="a"))[1] is True  # where it may wait, it opens
+    finally:
         store.close()
 
 

@@ -1,18 +1,24 @@
-"""keyard's ASGI app (``keyard serve``): blocking queries parked on the event loop.
+"""keyard's ASGI app (``keyard serve``): blocking queries parked on the event loop,
+requests to local stores answered on it.
 
-Called in process with ASGI messages, over the memory store (no server, no thread held).
+Called in process with ASGI messages, over the memory store (no server, no thread held)
+or a sqlite file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import threading
+from pathlib import Path
 from typing import Any
 
 from keyard.app import create_asgi_app
 from keyard.model import DEFAULT_NAMESPACE, Registration
 from keyard.server.waiting import WaitingFront
 from keyard.stores.memory import MemoryStore
+from keyard.stores.sqlite import SqliteStore
 
 
 def scope(path: str, query: str = "", method: str = "GET") -> dict[str, Any]:
@@ -34,6 +40,36 @@ async def request(front: WaitingFront, path: str, query: str = "") -> tuple[int,
 
     await front(scope(path, query), receive, send)
     return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+async def send_form(front: WaitingFront, method: str, form: str) -> tuple[int, Any, set[str]]:
+    """Status, body and the names of the threads that ran the app for a form request."""
+    body = form.encode()
+    sent: list[dict[str, Any]] = []
+    threads: set[str] = set()
+    app = front.app
+
+    def noting(env: dict[str, Any], start_response: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return app(env, start_response)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request_scope = scope("/keyard", method=method)
+    request_scope["headers"] += [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    front.app = noting
+    try:
+        await front(request_scope, receive, send)
+    finally:
+        front.app = app
+    return sent[0]["status"], json.loads(sent[1]["body"]), threads
 
 
 def register(front: WaitingFront, location: str) -> None:
@@ -131,3 +167,42 @@ def test_the_front_keeps_no_answer_where_headers_do_not_say_who_asks() -> None:
     for config in (jwt, {"require_https": True}):
         front = create_asgi_app({"store_type": "simple", **config}, store=MemoryStore())
         assert front.kept is None, config
+
+
+def test_writes_to_sqlite_run_on_the_loop_and_in_a_thread_when_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    """A write waiting for another process's lock holds up no lookup, and is made once."""
+    path = tmp_path / "registry.db"
+    loop_thread = threading.current_thread().name
+
+    async def scenario() -> None:
+        front = create_asgi_app(
+            {"store_type": "sqlite"}, store=SqliteStore(path, timeout=5.0), threads=2
+        )
+        form = "service_name=web&version=1&location="
+        # This process's first write opens its connection, which may wait: tried on the
+        # loop, then made in a thread, once (new: 201).
+        status, _, ran_in = await send_form(front, "POST", form + "a")
+        assert status == 201 and loop_thread in ran_in and len(ran_in) == 2
+        status, _, ran_in = await send_form(front, "PUT", form + "a")
+        assert (status, ran_in) == (200, {loop_thread})  # on the loop, the thread hop saved
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # another process is writing, for a while
+            waiting = asyncio.ensure_future(send_form(front, "POST", form + "b"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            lookup = await asyncio.wait_for(request(front, "/keyard", "service_name=web"), 2)
+            assert lookup == (200, {"result": ["a"]})  # the loop went on meanwhile
+            blocker.execute("COMMIT")
+            status, _, ran_in = await asyncio.wait_for(waiting, 5)
+        finally:
+            blocker.close()
+        # Tried on the loop, then made once, in a thread: new (201), not a refresh.
+        assert status == 201 and loop_thread in ran_in and len(ran_in) == 2
+        assert await request(front, "/keyard", "service_name=web") == (
+            200, {"result": ["a", "b"]})  # fmt: skip
+        front.parked.registry.store.close()
+
+    asyncio.run(scenario())

@@ -47,6 +47,7 @@ from keyard.errors import (
 )
 from keyard.helpers.config import Config
 from keyard.registry import Registry
+from keyard.stores.base import WouldWait
 
 #: The mounting table: every tree keyard serves, by its path prefix.
 TREES: Sequence[Tree] = (native.TREE, lyft.TREE, amalgam8.TREE, eureka.TREE)
@@ -73,6 +74,7 @@ def mount(app: falcon.App, registry: Registry) -> None:
     for tree in TREES:
         tree.mount(app, registry)
     app.add_error_handler(KeyardError, _handle_keyard_error)
+    app.add_error_handler(WouldWait, _not_answered)
     app.set_error_serializer(_serialize_error)
 
 
@@ -83,6 +85,14 @@ def tree_for(path: str) -> Tree | None:
             if path == prefix or path.startswith(prefix + "/"):
                 return tree
     return None
+
+
+def _not_answered(
+    req: falcon.Request, resp: falcon.Response, ex: WouldWait, params: dict[str, Any]
+) -> None:
+    """Out of the app: nothing was written, and the caller (``keyard serve``'s front,
+    which tried the request on its event loop) answers it again in a thread."""
+    raise ex
 
 
 def _handle_keyard_error(

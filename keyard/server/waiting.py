@@ -45,6 +45,7 @@ from keyard.model import DEFAULT_NAMESPACE
 from keyard.registry import Registry, spread_wait
 from keyard.server import wsgi_bridge
 from keyard.server.wsgi_bridge import Answer, Scope, Send, WsgiApp
+from keyard.stores.base import WouldWait, without_waiting
 from keyard.stores.changes import stopping
 
 log = logging.getLogger("keyard")
@@ -205,6 +206,7 @@ class WaitingFront:
         self._shared: dict[tuple[Any, ...], asyncio.Future[Answer]] = {}
         self.blocking = 0  # blocking queries between their arrival and their answer
         self.inline_reads = registry.reads_are_local
+        self.inline_writes = registry.writes_are_local
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -246,9 +248,24 @@ class WaitingFront:
 
     async def _answer_env(self, env: dict[str, Any], body: bool) -> Answer:
         """The app's answer to ``env``: computed here, on the loop, for a read of a store
-        whose reads are local (a few dozen microseconds, no wait), else in the pool."""
+        whose reads are local (a few dozen microseconds, no wait), and for any request
+        to a store whose writes are local unless it would wait (for another process's
+        write lock: :class:`~keyard.stores.base.WouldWait`), else in the pool.
+
+        A request tried on the loop and refused wrote nothing; the pool answers it
+        from a copy of ``env`` as it came (its body read again from the start).
+        """
         if self.inline_reads and not body and env["REQUEST_METHOD"] in ("GET", "HEAD"):
             return wsgi_bridge.run(self.app, env)
+        if self.inline_writes:
+            fresh = dict(env)
+            try:
+                with without_waiting():
+                    return wsgi_bridge.run(self.app, env)
+            except WouldWait:
+                env.clear()
+                env.update(fresh)
+                env["wsgi.input"].seek(0)
         return await wsgi_bridge.call(self.app, self.executor, env)
 
     async def answered(self, timeout: float) -> bool:

@@ -9,7 +9,9 @@ is tested by :mod:`keyard.testing.store_contract`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Hashable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from keyard.model import Instance, InstanceKey, ServiceSummary
@@ -61,6 +63,52 @@ def ordered(instances: list[Instance]) -> list[Instance]:
     return instances
 
 
+class WouldWait(Exception):
+    """A store call made under :func:`without_waiting` would have waited (for a lock
+    that another thread or process holds, or to open a connection). Nothing of the
+    call, nor of the calls before it under the same :func:`without_waiting`, was
+    written: the caller makes them all again where waiting is allowed."""
+
+
+class _Attempt:
+    __slots__ = ("wrote",)
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "keyard_store_attempt", default=None
+)
+
+
+@contextlib.contextmanager
+def without_waiting() -> Iterator[None]:
+    """Within, a call of a store whose :attr:`~Store.writes_are_local` raises
+    :class:`WouldWait` where it would wait, having written nothing, until one of its
+    calls has written (:func:`wrote`): from then on they wait as usual, so that a
+    request is never answered again after it was partly made."""
+    token = _ATTEMPT.set(_Attempt())
+    try:
+        yield
+    finally:
+        _ATTEMPT.reset(token)
+
+
+def may_wait() -> bool:
+    """Whether a store call may wait here (False: raise :class:`WouldWait` instead)."""
+    attempt = _ATTEMPT.get()
+    return attempt is None or attempt.wrote
+
+
+def wrote() -> None:
+    """Note, from a store, that one of its calls has written (under
+    :func:`without_waiting`: from now on its calls wait as usual)."""
+    attempt = _ATTEMPT.get()
+    if attempt is not None:
+        attempt.wrote = True
+
+
 class Store(abc.ABC):
     """Abstract base class of every store.
 
@@ -91,6 +139,11 @@ class Store(abc.ABC):
     #: waits on the network or on another process: an event loop may call it itself,
     #: without handing it to a thread (keyard.server.waiting does).
     reads_are_local: ClassVar[bool] = False
+    #: True when a write never waits on the network, and waits for another process
+    #: (or for a thread of its own that waits for one) only where, under
+    #: :func:`without_waiting`, it raises :class:`WouldWait` instead: an event loop
+    #: may then try it itself, and hand it to a thread only when it would wait.
+    writes_are_local: ClassVar[bool] = False
     #: The names of the options the store's config section may hold (``None``: not said).
     OPTIONS: ClassVar[tuple[str, ...] | None] = None
 

@@ -47,6 +47,7 @@ class MemoryStore(Store):
     OPTIONS = ()
     shared_across_processes = False
     reads_are_local = True
+    writes_are_local = True  # its lock is held for microseconds, by this process
     watchable = True
 
     def __init__(self) -> None:

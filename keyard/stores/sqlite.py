@@ -42,7 +42,7 @@ from keyard.model import (
 )
 from keyard.stores import options as opt
 from keyard.stores.background import BackgroundThread, Backoff, PerProcess, process_id
-from keyard.stores.base import Store
+from keyard.stores.base import Store, WouldWait, may_wait, wrote
 from keyard.stores.changes import FIRST_INDEX, LOG_SECONDS, SWEEP_INTERVAL, Change, Waiters
 
 log = logging.getLogger(__name__)
@@ -687,6 +687,9 @@ _WAL_INDEX_MAPS = _WalIndexMaps()
 #: waited 111 ms at p90, 495 ms at p99, on a machine where bare falcon answered in 2 ms.
 BUSY_FIRST_WAIT = 0.00002
 BUSY_LONGEST_WAIT = 0.0005
+#: Seconds a write tried on an event loop waits for another process's write lock
+#: before it is handed to a thread (WouldWait): a few of its usual holds.
+BUSY_PATIENCE_ON_LOOP = 0.001
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -699,7 +702,10 @@ class _Writer:
 
     A statement that SQLite answers SQLITE_BUSY did nothing (an autocommit write, or a
     ``BEGIN IMMEDIATE``, that did not get the lock; in WAL mode a transaction that
-    holds the lock is never busy), so trying it again is safe.
+    holds the lock is never busy), so trying it again is safe. Where it may not wait
+    (:func:`~keyard.stores.base.without_waiting`, on an event loop), it tries again for
+    BUSY_PATIENCE_ON_LOOP seconds only, then raises WouldWait: the caller's statements
+    before it in the same turn wrote nothing, or the caller catches it (a purge).
     """
 
     __slots__ = ("connection", "timeout")
@@ -713,7 +719,18 @@ class _Writer:
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
-        deadline = time.monotonic() + self.timeout
+        if may_wait():
+            return self._again(sql, parameters, self.timeout)
+        try:
+            return self._again(sql, parameters, BUSY_PATIENCE_ON_LOOP)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            raise WouldWait("sqlite store: another process holds the write lock") from None
+
+    def _again(self, sql: str, parameters: Any, patience: float) -> sqlite3.Cursor:
+        """The busy statement, tried again after short sleeps, for ``patience`` seconds."""
+        deadline = time.monotonic() + patience
         wait = BUSY_FIRST_WAIT
         while True:
             time.sleep(wait)
@@ -759,6 +776,7 @@ class SqliteStore(Store):
     shared_across_processes = True
     watchable = True
     reads_are_local = True
+    writes_are_local = True  # under without_waiting, WouldWait where they would wait
 
     def __init__(
         self,
@@ -1231,6 +1249,8 @@ class SqliteStore(Store):
             raise StoreUnavailable("sqlite store: the store has been closed")
         if self._lost_in_pid == pid:
             raise StoreUnavailable(self._lost_message)
+        if not may_wait():  # opening may wait for another process (the WAL switch)
+            raise WouldWait("sqlite store: this process's connection is not open yet")
         connection, identity = self._open(WRITER_CACHE_KIB if write else None)
         if write:
             connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
@@ -1299,9 +1319,14 @@ class SqliteStore(Store):
         it at each step run several times slower together than in turn
         (``bench/``: 4 threads did 7,200 lookups/s at once, 16,500/s in turn).
         Reads and writes have a lock each, so a write waiting on another
-        process's lock never holds up lookups.
+        process's lock never holds up lookups. Under
+        :func:`~keyard.stores.base.without_waiting`, a turn that another thread
+        holds raises WouldWait.
         """
-        if not lock.acquire(timeout=self.timeout if self.timeout > 0 else -1):
+        if not may_wait():
+            if not lock.acquire(blocking=False):
+                raise WouldWait(f"sqlite store: another thread has this process's turn to {what}")
+        elif not lock.acquire(timeout=self.timeout if self.timeout > 0 else -1):
             raise StoreUnavailable(
                 f"sqlite store at {str(self.path)!r}: no turn to {what} within "
                 f"{self.timeout:g} s; the database is busy"
@@ -1322,16 +1347,21 @@ class SqliteStore(Store):
         """This thread's turn on the writing connection: statements that each commit.
 
         The reading connection's ``data_version`` counts these commits, as it
-        does those of every other connection.
+        does those of every other connection. A turn that ends without an error
+        has written (:func:`~keyard.stores.base.wrote`).
         """
         with self._translated_failures(self._writer), self._turn(self._write_lock, "write"):
             yield _Writer(self._connection(self._writer, write=True), self.timeout)
+        wrote()
 
     def _maybe_purge(self, db: _Writer, now: float) -> None:
         """Delete up to PURGE_BATCH expired rows, if the last purge is old enough."""
         clock = time.monotonic()
         if clock < self._next_purge:
             return
-        deleted = db.execute(_PURGE, {"now": now, "batch": PURGE_BATCH}).rowcount
+        try:
+            deleted = db.execute(_PURGE, {"now": now, "batch": PURGE_BATCH}).rowcount
+        except WouldWait:
+            return  # the write it follows was made: purge at the next one
         # A full batch means more may be waiting: purge again on the next write.
         self._next_purge = clock if deleted >= PURGE_BATCH else clock + self.purge_interval
