@@ -73,6 +73,16 @@ def growth(points: list[dict[str, Any]], figure: str) -> float:
     return float(points[-1][figure] / points[0][figure])
 
 
+def _bare_beside(points: list[dict[str, Any]]) -> str:
+    """The bare falcon handler's cost at the same two sizes, when it moved (the machine's share)."""
+    if "bare_lookup_us" not in points[0]:
+        return ""
+    first, last = points[0]["bare_lookup_us"], points[-1]["bare_lookup_us"]
+    if abs(last / first - 1) < 0.2:
+        return ""
+    return f"; the bare falcon handler, measured beside it: {first:.1f} -> {last:.1f} us"
+
+
 def _run(results: dict[str, Any], store: str, server: str) -> dict[str, Any] | None:
     """The run of keyard against bare falcon on ``store`` under ``server``, if measured."""
     for run in results["http"]:
@@ -144,7 +154,8 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
                 f"at {points[0]['instances']:,}, in process",
                 GROWTH,
                 growth(points, figure),
-                f"{points[0][figure]:.0f} -> {points[-1][figure]:.0f} us",
+                f"{points[0][figure]:.0f} -> {points[-1][figure]:.0f} us"
+                + _bare_beside(points),
                 at_most=True,
             )
     yield from _watch_targets(results)
