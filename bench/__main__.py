@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from bench import (
     watchers,
 )
 from keyard.cli import default_workers
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +129,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+def serve_and_peers(
+    store: str, env: dict[str, str], load: http_load.Load, size: int, workdir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``keyard serve``, its lookups loaded in turn with keyard under gunicorn and the peers.
+
+    The goals' ratios (``keyard serve`` over gunicorn, over etcd's own GET) are
+    then of figures measured run for run, as keyard's against bare falcon's are.
+    """
+    gunicorn = servers_for(store)[1]
+    port = free_port()
+    lookup = http_load.scripts(size)["lookup"]
+    with ExitStack() as stack:
+        argv = gunicorn.argv("keyard.wsgi:app", port)
+        stack.enter_context(servers.serving(argv, port, env, workdir / f"{store}-beside.log"))
+        etcd = stack.enter_context(peers.etcd_v2(workdir))
+        beside = {f"keyard, {gunicorn.label}": (port, lookup), etcd.name: (etcd.port, etcd.script)}
+        serve = http_load.keyard_serve(store, env, load, size, workdir, beside=beside)
+    found = serve["scenarios"]["lookup"]["beside"]
+    peer = {"peer": etcd.name, "version": etcd.version, "request": etcd.request}
+    return serve, [peer | {"lookup": found[etcd.name]}]
+
+
 def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str, Any]:
     command = " ".join(["bash bench/run.sh", *sys.argv[1:]])
     results: dict[str, Any] = {"machine": machine(), "command": command}
@@ -169,7 +193,9 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
                     http_load.against_baseline(store, server, env, plan.load, size, workdir)
                 )
             if store == DEFAULT_STORE:
-                results["serve"] = http_load.keyard_serve(store, env, plan.load, size, workdir)
+                results["serve"], results["peers"] = serve_and_peers(
+                    store, env, plan.load, size, workdir
+                )
             if compare and store == DEFAULT_STORE:
                 print(f"granian settings on the default store ({DEFAULT_STORE})")
                 results["settings"] = [
@@ -197,8 +223,6 @@ def run(plan: Plan, stores: list[str], compare: bool, workdir: Path) -> dict[str
         }
         print(f"  {store}: median {results['wakeups'][store]['median_ms']:.1f} ms, "
               f"p99 {results['wakeups'][store]['p99_ms']:.1f} ms", flush=True)
-    print("peers: the same lookup from other registries")
-    results["peers"] = [peers.etcd_v2_get(plan.load, workdir)]
     results["seconds"] = round(time.monotonic() - started, 1)
     results["population"] = {
         "target": f"{population.TARGET} version {population.TARGET_VERSION}",

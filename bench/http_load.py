@@ -15,7 +15,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +164,16 @@ def load_runs(
     ports: dict[str, int], script: str, load: Load, workdir: Path
 ) -> dict[str, dict[str, Any]]:
     """``load.repeats`` wrk runs of ``script`` on each port, in turn; the median of each."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
+    return load_turns({name: (port, script) for name, port in ports.items()}, load, workdir)
+
+
+def load_turns(
+    targets: Mapping[str, tuple[int, str]], load: Load, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """``load.repeats`` rounds of one wrk run on each (port, script), in turn; their medians."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     for _ in range(load.repeats):
-        for name, port in ports.items():
+        for name, (port, script) in targets.items():
             runs[name].append(wrk(f"http://127.0.0.1:{port}", script, load, workdir))
     return {name: _median(each) for name, each in runs.items()}
 
@@ -226,20 +233,32 @@ def keyard_serve(
     load: Load,
     population_size: int,
     workdir: Path,
+    beside: Mapping[str, tuple[int, str]] | None = None,
     scenarios: Sequence[str] = SCENARIOS,
 ) -> dict[str, Any]:
-    """``keyard serve`` as a user runs it (its defaults, a bind), in each scenario."""
+    """``keyard serve`` as a user runs it (its defaults, a bind), in each scenario.
+
+    ``beside`` (name: running server's port and wrk script) is loaded in turn
+    with ``keyard serve``'s lookups, run for run, so that their ratios are of one
+    moment of the machine (its lookups measured apart moved 45% between two runs).
+    """
     lua = scripts(population_size)
     port = free_port()
     argv = keyard_serve_command(port)
+    others = dict(beside or {})
     with serving(argv, port, env, workdir / f"{store}-keyard-serve.log"):
         register_population(port, population_size)
         results = {}
         for scenario in scenarios:
-            results[scenario] = load_runs({"keyard": port}, lua[scenario], load, workdir)
+            targets = {"keyard": (port, lua[scenario])}
+            medians = load_turns(targets | (others if scenario == "lookup" else {}), load, workdir)
+            results[scenario] = {"keyard": medians.pop("keyard")}
+            if medians:
+                results[scenario]["beside"] = medians
             print(
                 f"  {store:11} {'keyard serve':24} {scenario:9} keyard "
-                f"{results[scenario]['keyard']['rps']:8.0f}/s",
+                f"{results[scenario]['keyard']['rps']:8.0f}/s"
+                + "".join(f"  {name} {found['rps']:8.0f}/s" for name, found in medians.items()),
                 flush=True,
             )
     return {

@@ -2,7 +2,9 @@
 
 etcd's own v2 API: the looked-up service's instances, one key each under one
 directory (the records as JSON, as keyard's etcd store keeps them), read back
-by ``GET /v2/keys/<dir>?recursive=true``, loaded by ``wrk`` as keyard is.
+by ``GET /v2/keys/<dir>?recursive=true``. :func:`etcd_v2` keeps it running
+while ``wrk`` loads it in turn with ``keyard serve`` (``http_load.keyard_serve``),
+so that their ratio is of one moment of the machine.
 """
 
 from __future__ import annotations
@@ -12,10 +14,23 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench import backends, http_load, population
+from bench import backends, population
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A running peer: its name in the results, its version, the loaded request."""
+
+    name: str
+    version: str
+    request: str
+    port: int
+    script: str  # wrk's Lua request script
 
 
 def _etcd_version() -> str:
@@ -25,8 +40,9 @@ def _etcd_version() -> str:
     return output.splitlines()[0].removeprefix("etcd Version: ")
 
 
-def etcd_v2_get(load: http_load.Load, workdir: Path) -> dict[str, Any]:
-    """etcd's v2 GET of a directory of the target's instances, on its own etcd."""
+@contextmanager
+def etcd_v2(workdir: Path) -> Iterator[Peer]:
+    """An etcd of its own holding the target's instances, one key each, until the block ends."""
     with backends.running("etcd", workdir / "etcd-peer") as options:
         url = f"http://{options['host']}"
         directory = f"/v2/keys{options['base_path']}/{population.TARGET}"
@@ -40,14 +56,10 @@ def etcd_v2_get(load: http_load.Load, workdir: Path) -> dict[str, Any]:
             nodes = json.load(response)["node"]["nodes"]
         if len(nodes) != population.TARGET_INSTANCES:
             raise RuntimeError(f"etcd holds {len(nodes)} of the target's instances: {nodes}")
-        port = int(options["host"].rsplit(":", 1)[1])
-        script = f"wrk.path = {json.dumps(path)}"
-        medians = http_load.load_runs({"etcd": port}, script, load, workdir)
-    figures = medians["etcd"]
-    print(f"  {'etcd v2 GET':36} lookup    etcd   {figures['rps']:8.0f}/s", flush=True)
-    return {
-        "peer": "etcd v2 GET",
-        "version": _etcd_version(),
-        "request": f"GET {path}",
-        "lookup": figures,
-    }
+        yield Peer(
+            name="etcd v2 GET",
+            version=_etcd_version(),
+            request=f"GET {path}",
+            port=int(options["host"].rsplit(":", 1)[1]),
+            script=f"wrk.path = {json.dumps(path)}",
+        )

@@ -95,15 +95,16 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
     """Every goal whose figures this run measured, with them."""
     serve = results.get("serve")
     serve_lookups = serve["scenarios"]["lookup"]["keyard"]["rps"] if serve else None
-    gunicorn = _run(results, "sqlite", "gunicorn")
-    if serve_lookups and gunicorn:
-        figures = gunicorn["scenarios"]["lookup"]["keyard"]
-        yield Target(
-            f"lookups, `keyard serve` (sqlite) / keyard under {gunicorn['settings']}",
-            SERVE_OVER_GUNICORN,
-            serve_lookups / figures["rps"],
-            f"{serve_lookups:,.0f} vs {figures['rps']:,.0f} req/s",
-        )
+    # Loaded in turn with keyard serve's lookups, run for run (bench.__main__.serve_and_peers).
+    beside = serve["scenarios"]["lookup"].get("beside", {}) if serve else {}
+    for name, figures in beside.items():
+        if name.startswith("keyard, gunicorn") and serve_lookups:
+            yield Target(
+                f"lookups, `keyard serve` (sqlite) / {name.replace('keyard, ', 'keyard under ')}",
+                SERVE_OVER_GUNICORN,
+                serve_lookups / figures["rps"],
+                f"{serve_lookups:,.0f} vs {figures['rps']:,.0f} req/s, in alternating runs",
+            )
     for store, goal in OVER_BARE_FALCON.items():
         run = _run(results, store, DEFAULT_SERVER)
         if run:
@@ -122,7 +123,7 @@ def targets(results: dict[str, Any]) -> Iterator[Target]:
             "lookups, `keyard serve` (sqlite) / etcd's own v2 GET of the same 10 instances",
             SERVE_OVER_ETCD,
             serve_lookups / etcd["lookup"]["rps"],
-            f"{serve_lookups:,.0f} vs {etcd['lookup']['rps']:,.0f} req/s",
+            f"{serve_lookups:,.0f} vs {etcd['lookup']['rps']:,.0f} req/s, in alternating runs",
         )
     if serve:
         beats = serve["scenarios"]["heartbeat"]["keyard"]
@@ -238,8 +239,10 @@ def draw(results: dict[str, Any], path: Path) -> None:
         bars = ratios.bar(xs, [lookup["ratio"] if lookup else 0 for lookup in lookups], width,
                           label=server)  # fmt: skip
         ratios.bar_label(bars, fmt="%.2f", fontsize=7)
-    others = [("keyard serve\n(sqlite)", results["serve"]["scenarios"]["lookup"]["keyard"])]
-    others += [(peer["peer"].replace(" v2", "\nv2"), peer["lookup"]) for peer in results["peers"]]
+    serve = results.get("serve")
+    others = [("keyard serve\n(sqlite)", serve["scenarios"]["lookup"]["keyard"])] if serve else []
+    peers = results.get("peers", [])
+    others += [(peer["peer"].replace(" v2", "\nv2"), peer["lookup"]) for peer in peers]
     xs = [len(stores) + i for i in range(len(others))]
     bars = rates.bar(xs, [figures["rps"] for _, figures in others], 0.4, color="grey")
     rates.bar_label(bars, fmt="%.0f", fontsize=7)
@@ -323,6 +326,10 @@ def _runs_table(results: dict[str, Any]) -> list[str]:
     serve = results.get("serve")
     if serve:
         rows.append(_row(f"{serve['store']}, `keyard serve`", serve["scenarios"], names))
+        for name, figures in serve["scenarios"]["lookup"].get("beside", {}).items():
+            if name.startswith("keyard, "):
+                rows.append(f"| {serve['store']}, {name}, beside `keyard serve` "
+                            f"| {figures['rps']:,.0f} | | |")  # fmt: skip
     for peer in results.get("peers", []):
         rows.append(
             f"| {peer['peer']} (etcd {peer['version']}) | {peer['lookup']['rps']:,.0f} | | |"
@@ -331,7 +338,9 @@ def _runs_table(results: dict[str, Any]) -> list[str]:
         rows += [
             "",
             f"`keyard serve` ran as `{serve['command']}`: its own defaults, the store from "
-            "`KEYARD_CONFIG`. keyard and bare falcon ran under each server above alike.",
+            "`KEYARD_CONFIG`. keyard and bare falcon ran under each server above alike. The "
+            "rows below `keyard serve` were loaded in turn with its lookups, run for run: the "
+            "figures of its goals' ratios.",
         ]
     return rows
 

@@ -83,11 +83,20 @@ def test_quick_run_loads_keyard_serve_as_a_user_runs_it(quick_results):
     assert serve["command"].startswith("keyard serve --bind 127.0.0.1:")
     for scenario in ("lookup", "choose", "heartbeat"):
         assert serve["scenarios"][scenario]["keyard"]["requests"] > 0
+    # Its goals' partners are loaded in turn with its lookups, run for run.
+    beside = serve["scenarios"]["lookup"]["beside"]
+    assert set(beside) == {"keyard, gunicorn gthread 2w x4t", "etcd v2 GET"}
+    for figures in beside.values():
+        assert figures["runs"] == serve["scenarios"]["lookup"]["keyard"]["runs"]
+        assert figures["requests"] > 0
+    assert "beside" not in serve["scenarios"]["heartbeat"]
 
 
+@pytest.mark.skipif("sqlite" not in STORES, reason="the peers are loaded beside keyard serve")
 def test_quick_run_measures_etcd_own_v2_get_of_the_target(quick_results):
     _, results = quick_results
     (etcd,) = results["peers"]
+    assert etcd["lookup"] == results["serve"]["scenarios"]["lookup"]["beside"]["etcd v2 GET"]
     assert etcd["peer"] == "etcd v2 GET"
     assert etcd["request"].endswith(f"/{population.TARGET}?recursive=true")
     assert etcd["lookup"]["requests"] > 0 and etcd["lookup"]["rps"] > 0
@@ -132,6 +141,12 @@ def test_readme_table_shows_every_goal_of_the_default_server(quick_results):
         "| health checks, `keyard serve` (sqlite), 2 cores | >= 12,000/s |",
     ):
         assert goal.replace("2 cores", f"{os.cpu_count()} cores") in table
+    lookup = results["serve"]["scenarios"]["lookup"]
+    gunicorn = lookup["beside"]["keyard, gunicorn gthread 2w x4t"]
+    over_gunicorn = lookup["keyard"]["rps"] / gunicorn["rps"]
+    start = "| lookups, `keyard serve` (sqlite) / keyard under gunicorn"
+    (row,) = [line for line in table.splitlines() if line.startswith(start)]
+    assert f"| {over_gunicorn:.2f}x (" in row and "in alternating runs" in row
 
 
 def test_readme_table_shows_the_in_process_goals_of_memory_and_sqlite(quick_results):
