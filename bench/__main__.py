@@ -137,7 +137,7 @@ def serve_and_peers(
     The goals' ratios (``keyard serve`` over gunicorn, over etcd's own GET) are
     then of figures measured run for run, as keyard's against bare falcon's are.
     """
-    gunicorn = servers_for(store)[1]
+    (gunicorn,) = [server for server in servers_for(store) if server.program == "gunicorn"]
     port = free_port()
     lookup = http_load.scripts(size)["lookup"]
     with ExitStack() as stack:
